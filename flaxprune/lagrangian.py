@@ -1,0 +1,337 @@
+"""Sparsity control by an augmented Lagrangian, and FLOP's optimizer.
+
+Wang, Wohlwend & Lei, "Structured Pruning of Large Language Models"
+(EMNLP 2020, arXiv 1910.04732), Sec. 3: instead of a fixed L0 coefficient,
+FLOP reaches a target sparsity ``t`` by solving the min-max problem
+
+    max_{lambda_1, lambda_2}  min_{theta, alpha}
+        E[L(theta, alpha)] + lambda_1 (s_hat - t) + lambda_2 (s_hat - t)^2
+
+where ``s_hat`` is the expected sparsity (one minus the expected number of
+kept parameters over the prunable total, from the closed-form ``P(z != 0)``
+of :mod:`flaxprune.gates`). The model weights and the gate parameters
+``log_alpha`` descend this objective; the two multipliers ascend it. FLOP
+also ramps ``t`` linearly from 0 over a warmup, and trains the weights with
+the inverse-square-root ("Noam") learning-rate schedule.
+
+The pieces here are pure functions and optax factories:
+
+* :func:`penalty` -- the Lagrangian term above;
+* :func:`init_multipliers` -- ``{'lambda_1': 0, 'lambda_2': 0}``;
+* :func:`target_schedule`, :func:`noam_schedule` -- optax schedules;
+* :func:`gradient_ascent` -- turns any optax optimizer into a maximiser;
+* :func:`param_labels`, :func:`flop_optimizer` -- one ``optax.partition``
+  over the trainable pytree ``{'params': <flax params>, 'lagrangian':
+  init_multipliers()}`` with a transform per group (weights, gates,
+  multipliers), so one ``tx.update`` steps all three and the multipliers'
+  state lives in the optimizer state like everything else.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "GradientAscentState",
+    "flop_optimizer",
+    "gradient_ascent",
+    "init_multipliers",
+    "noam_schedule",
+    "param_labels",
+    "penalty",
+    "target_schedule",
+]
+
+LAGRANGIAN_KEY = "lagrangian"  # top-level key of the multipliers in the trainable pytree
+GATE_PREFIX = "log_alpha"  # leaves whose own key starts with this are gate parameters
+_MULTIPLIER_NAMES = ("lambda_1", "lambda_2")
+
+ScalarOrSchedule = float | optax.Schedule
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def penalty(expected_sparsity: jax.Array, target: jax.Array, lambdas: Mapping[str, jax.Array]) -> jax.Array:
+    """The augmented-Lagrangian term ``l1 * (s - t) + l2 * (s - t) ** 2``.
+
+    Add it to the task loss and differentiate the sum with respect to the
+    whole trainable pytree: the gradient with respect to ``log_alpha`` pushes
+    the expected sparsity towards the target, and the gradient with respect
+    to the multipliers is what :func:`gradient_ascent` climbs.
+
+    Args:
+      expected_sparsity: scalar ``s`` in [0, 1], differentiable in the gates.
+      target: scalar target sparsity ``t`` (e.g. ``target_schedule(...)(step)``).
+      lambdas: mapping with scalar entries ``'lambda_1'`` and ``'lambda_2'``,
+        e.g. ``trainable['lagrangian']``.
+
+    Returns:
+      A scalar.
+
+    Raises:
+      ValueError: if ``lambdas`` lacks ``'lambda_1'`` or ``'lambda_2'``.
+    """
+    missing = [k for k in _MULTIPLIER_NAMES if k not in lambdas]
+    if missing:
+        raise ValueError(
+            f"penalty: lambdas={dict(lambdas)!r} is missing {missing}; it must map 'lambda_1' and "
+            "'lambda_2' to scalars, as init_multipliers() does."
+        )
+    gap = expected_sparsity - target
+    return lambdas["lambda_1"] * gap + lambdas["lambda_2"] * jnp.square(gap)
+
+
+def init_multipliers() -> dict[str, jax.Array]:
+    """Both Lagrange multipliers at zero, as FLOP starts them.
+
+    Returns:
+      ``{'lambda_1': 0.0, 'lambda_2': 0.0}`` as float32 scalars; put it under
+      the key ``'lagrangian'`` of the trainable pytree.
+    """
+    return {name: jnp.zeros((), jnp.float32) for name in _MULTIPLIER_NAMES}
+
+
+def target_schedule(target: float, warmup_steps: int) -> optax.Schedule:
+    """FLOP's target sparsity: a linear ramp ``t(step) = target * min(1, step / warmup_steps)``.
+
+    Ramping the target keeps the multipliers from forcing a large sparsity
+    jump on a model that has not yet learned which parts it can spare.
+
+    Args:
+      target: final sparsity, in [0, 1) (1 would prune everything).
+      warmup_steps: steps over which the target grows from 0; 0 means the
+        target applies from the first step.
+
+    Returns:
+      A schedule mapping a (possibly traced) step count to a float32 scalar.
+
+    Raises:
+      ValueError: if ``target`` is not in [0, 1) or ``warmup_steps`` is not
+        an integer >= 0.
+    """
+    if not (_is_real(target) and 0 <= target < 1):
+        raise ValueError(f"target_schedule: target={target!r} must be a number in [0, 1).")
+    if not (_is_int(warmup_steps) and warmup_steps >= 0):
+        raise ValueError(f"target_schedule: warmup_steps={warmup_steps!r} must be an integer >= 0.")
+    target = float(target)
+    warmup_steps = int(warmup_steps)
+
+    def schedule(step):
+        if warmup_steps == 0:
+            return jnp.full((), target, jnp.float32)
+        frac = jnp.asarray(step, jnp.float32) / warmup_steps
+        return target * jnp.minimum(1.0, frac)
+
+    return schedule
+
+
+def noam_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
+    """FLOP's learning rate ``lr * min(k ** -0.5, k * warmup_steps ** -1.5)``, ``k = count + 1``.
+
+    A linear warmup to ``lr / sqrt(warmup_steps)`` at ``k = warmup_steps``,
+    then inverse-square-root decay. optax counts updates from 0 while FLOP's
+    iteration counter starts at 1, hence the ``+ 1`` (which also avoids
+    ``0 ** -0.5``).
+
+    Args:
+      learning_rate: the scale ``lr`` (> 0). Note the peak rate is
+        ``lr / sqrt(warmup_steps)``, not ``lr``.
+      warmup_steps: integer >= 1.
+
+    Returns:
+      A schedule mapping a (possibly traced) update count to a float32 scalar.
+
+    Raises:
+      ValueError: if ``learning_rate`` <= 0 or ``warmup_steps`` is not an
+        integer >= 1.
+    """
+    if not (_is_real(learning_rate) and learning_rate > 0):
+        raise ValueError(f"noam_schedule: learning_rate={learning_rate!r} must be a number > 0.")
+    if not (_is_int(warmup_steps) and warmup_steps >= 1):
+        raise ValueError(f"noam_schedule: warmup_steps={warmup_steps!r} must be an integer >= 1.")
+    learning_rate = float(learning_rate)
+    slope = float(warmup_steps) ** -1.5
+
+    def schedule(count):
+        k = jnp.asarray(count, jnp.float32) + 1.0
+        return learning_rate * jnp.minimum(jax.lax.rsqrt(k), k * slope)
+
+    return schedule
+
+
+class GradientAscentState(NamedTuple):
+    """State of :func:`gradient_ascent`."""
+
+    inner_state: optax.OptState  # the wrapped optimizer's state, unchanged in structure
+
+
+def gradient_ascent(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Wraps ``inner`` so that its updates ascend the objective instead of descending it.
+
+    FLOP maximises the Lagrangian over the multipliers while minimising it
+    over everything else. The gradient with respect to ``lambda_1`` is
+    ``d loss / d lambda_1 = s_hat - t``: while the model is less sparse than
+    the target (``s_hat < t``) ascent drives ``lambda_1`` negative, and a
+    negative ``lambda_1`` makes ``lambda_1 * (s_hat - t)`` fall as ``s_hat``
+    rises, so the penalty rewards higher sparsity; past the target the sign
+    flips back. ``d loss / d lambda_2 = (s_hat - t) ** 2 >= 0``, so
+    ``lambda_2`` only grows, stiffening the quadratic term.
+
+    The wrapper feeds ``inner`` the negated gradient, i.e. ``inner`` minimises
+    ``-loss``. For sign-symmetric optimizers (SGD, Adam, clipping) this is
+    exactly the negation of ``inner``'s updates; for parameter-dependent terms
+    such as weight decay it keeps their meaning (decay still pulls towards
+    zero) instead of reversing them.
+
+    Args:
+      inner: any optax optimizer, e.g. ``optax.adam(1e-2)``.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`GradientAscentState`.
+    """
+
+    def init_fn(params):
+        return GradientAscentState(inner_state=inner.init(params))
+
+    def update_fn(updates, state, params=None):
+        neg = jax.tree.map(jnp.negative, updates)
+        updates, inner_state = inner.update(neg, state.inner_state, params)
+        return updates, GradientAscentState(inner_state=inner_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _label(path: tuple[Any, ...], _) -> str:
+    head, last = (path[0], path[-1]) if path else (None, None)
+    if isinstance(head, jax.tree_util.DictKey) and head.key == LAGRANGIAN_KEY:
+        return "multipliers"
+    if isinstance(last, jax.tree_util.DictKey) and isinstance(last.key, str) and last.key.startswith(GATE_PREFIX):
+        return "gates"
+    return "weights"
+
+
+def param_labels(tree: Any) -> Any:
+    """Labels each leaf of a trainable pytree ``'weights'``, ``'gates'`` or ``'multipliers'``.
+
+    * anywhere under the top-level key ``'lagrangian'``: ``'multipliers'``;
+    * a leaf whose own dict key starts with ``'log_alpha'`` (``log_alpha``,
+      ``log_alpha_0``, ...): ``'gates'``;
+    * everything else: ``'weights'``.
+
+    Args:
+      tree: the trainable pytree, ``{'params': ..., 'lagrangian': ...}``, or
+        a gradient pytree of the same structure.
+
+    Returns:
+      A pytree of the same structure with a string per leaf, as
+      ``optax.partition`` expects.
+    """
+    return jax.tree_util.tree_map_with_path(_label, tree)
+
+
+def _check_rate(fn: str, name: str, value: Any, allow_schedule: bool) -> None:
+    if allow_schedule and callable(value):
+        return
+    if not (_is_real(value) and value > 0):
+        accepted = "a number > 0 or an optax schedule" if allow_schedule else "a number > 0"
+        raise ValueError(f"{fn}: {name}={value!r} must be {accepted}.")
+
+
+def _decay_mask(params: Any) -> Any:
+    # Matrices decay; biases, norms' scales and other vectors do not.
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def flop_optimizer(
+    learning_rate: ScalarOrSchedule,
+    gate_learning_rate: ScalarOrSchedule,
+    lambda_learning_rate: float,
+    *,
+    clip_norm: float | None = 1.0,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """One optimizer for the whole trainable pytree, one transform per group.
+
+    Built with ``optax.partition`` over :func:`param_labels`:
+
+    * ``'weights'``: global-norm clipping to ``clip_norm``, then AdamW with
+      ``(learning_rate, b1, b2, eps, weight_decay)``; decay applies only to
+      leaves with ``ndim >= 2``.
+    * ``'gates'``: plain ``optax.adam(gate_learning_rate)``, no clipping and no
+      decay. FLOP's gates need their own, larger rate (e.g. 1e-2) to move
+      against the multipliers at all.
+    * ``'multipliers'``: ``gradient_ascent(optax.adam(lambda_learning_rate))``.
+
+    Clipping is computed over the model weights only: a large gradient on
+    ``log_alpha`` or on the multipliers does not shrink the weights' step.
+    ``b1``, ``b2`` and ``eps`` configure the weights' AdamW only.
+
+    Usage::
+
+      trainable = {'params': params, 'lagrangian': init_multipliers()}
+      tx = flop_optimizer(noam_schedule(1.0, 4000), 1e-2, 1e-2)
+      opt_state = tx.init(trainable)
+      grads = jax.grad(loss_fn)(trainable, ...)
+      updates, opt_state = tx.update(grads, opt_state, trainable)
+      trainable = optax.apply_updates(trainable, updates)
+
+    Args:
+      learning_rate: weights' rate (> 0) or an optax schedule.
+      gate_learning_rate: gates' rate (> 0) or an optax schedule.
+      lambda_learning_rate: multipliers' rate (> 0).
+      clip_norm: maximum global norm of the weights' gradient (> 0), or None
+        to skip clipping.
+      weight_decay: decoupled weight decay (>= 0) of the weight matrices.
+      b1: AdamW's first-moment decay, in [0, 1).
+      b2: AdamW's second-moment decay, in [0, 1).
+      eps: AdamW's denominator epsilon (>= 0).
+
+    Returns:
+      An ``optax.GradientTransformation``; ``update`` needs ``params`` (for
+      weight decay and the partition's labels).
+
+    Raises:
+      ValueError: if a rate is not > 0 (and not a schedule, where one is
+        allowed), ``clip_norm`` is neither None nor > 0, ``weight_decay`` < 0,
+        ``b1`` or ``b2`` is outside [0, 1), or ``eps`` < 0.
+    """
+    fn = "flop_optimizer"
+    _check_rate(fn, "learning_rate", learning_rate, allow_schedule=True)
+    _check_rate(fn, "gate_learning_rate", gate_learning_rate, allow_schedule=True)
+    _check_rate(fn, "lambda_learning_rate", lambda_learning_rate, allow_schedule=False)
+    if clip_norm is not None and not (_is_real(clip_norm) and clip_norm > 0):
+        raise ValueError(f"{fn}: clip_norm={clip_norm!r} must be None (no clipping) or a number > 0.")
+    if not (_is_real(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"{fn}: weight_decay={weight_decay!r} must be a number >= 0.")
+    for name, value in (("b1", b1), ("b2", b2)):
+        if not (_is_real(value) and 0 <= value < 1):
+            raise ValueError(f"{fn}: {name}={value!r} must be a number in [0, 1).")
+    if not (_is_real(eps) and eps >= 0):
+        raise ValueError(f"{fn}: eps={eps!r} must be a number >= 0.")
+
+    clip = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else optax.identity()
+    weights = optax.chain(
+        clip,
+        optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask),
+    )
+    transforms = {
+        "weights": weights,
+        "gates": optax.adam(gate_learning_rate),
+        "multipliers": gradient_ascent(optax.adam(lambda_learning_rate)),
+    }
+    return optax.partition(transforms, param_labels)

@@ -1,0 +1,23 @@
+"""Gated and factorized Flax layers, and the layouts that describe their params."""
+
+from flaxprune.layers.factorized import FACTORIZED_LAYOUT, FactorizedDense, FactorizedSpec, default_rank
+from flaxprune.layers.input_gated import DENSE_LAYOUT, INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec
+from flaxprune.layers.layout import GateGroup, LayerRow, Layout
+
+# First match wins: gated kinds before the plain dense kernel.
+LAYOUTS: tuple[Layout, ...] = (FACTORIZED_LAYOUT, INPUT_GATED_LAYOUT, DENSE_LAYOUT)
+
+__all__ = [
+    "DENSE_LAYOUT",
+    "FACTORIZED_LAYOUT",
+    "INPUT_GATED_LAYOUT",
+    "LAYOUTS",
+    "FactorizedDense",
+    "FactorizedSpec",
+    "GateGroup",
+    "InputGatedDense",
+    "InputGatedSpec",
+    "LayerRow",
+    "Layout",
+    "default_rank",
+]

@@ -1,0 +1,510 @@
+"""Adaptive input embedding and adaptive softmax with a gate on each cluster's embedding dims.
+
+Baevski & Auli's adaptive inputs and Grave et al.'s adaptive softmax, in the
+projected form of Transformer-XL (Dai et al., 2019): the vocabulary is split
+by ``cutoffs`` into clusters ``[l_i, r_i)`` of ``n_i`` tokens, cluster ``i``
+has an embedding table ``E_i: [n_i, d_i]`` with ``d_i = d_embed //
+div_val**i`` and a projection ``P_i: [d_i, d_proj]`` to the model width.
+
+FLOP (Wang, Wohlwend & Lei, "Structured Pruning of Large Language Models",
+EMNLP 2020, arXiv 1910.04732, Sec. 3) treats ``E_i P_i`` as one more
+factorization and puts a hard-concrete gate ``z_i: [d_i]`` on the shared
+dimension:
+
+    embedding(t) = ((E_i[t - l_i] * z_i) @ P_i) * sqrt(d_proj)        t in cluster i
+    logits_i(h)  = ((h @ P_i^T) * z_i) @ E_i^T + b_i
+
+A zero gate removes column ``k`` of ``E_i`` and row ``k`` of ``P_i``, so each
+gate costs ``n_i + d_proj`` weights. With tied weights the softmax reuses the
+embedding's ``E_i``, ``P_i`` and ``log_alpha_i`` (the weights and their gates
+are counted once) but draws its own gate sample. Surgery keeps the dims whose
+evaluation mask is non-zero and folds the mask into the columns of ``E_i``,
+which is exact for the embedding and for a tied softmax alike, since both
+apply the same evaluation mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxprune.gates import GateConfig, deterministic_mask, gate_values, log_alpha_init
+from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
+from flaxprune.plan import Plan
+
+__all__ = [
+    "ADAPTIVE_LAYOUT",
+    "AdaptiveEmbedding",
+    "AdaptiveSoftmax",
+    "AdaptiveSpec",
+    "adaptive_clusters",
+    "nll",
+]
+
+default_embedding_init = nn.initializers.normal(stddev=0.02)
+default_projection_init = nn.initializers.lecun_normal()
+
+# (embedding_i | None, projection_i | None, log_alpha_i | None) for one cluster.
+ClusterParams = tuple[Any, Any, Any]
+
+
+def adaptive_clusters(
+    n_token: int, d_embed: int, cutoffs: Sequence[int] = (), div_val: float = 1
+) -> tuple[tuple[int, int, int], ...]:
+    """The clusters of an adaptive vocabulary, validated.
+
+    Args:
+      n_token: vocabulary size.
+      d_embed: embedding dim of cluster 0.
+      cutoffs: strictly increasing token ids in ``(0, n_token)`` where a new
+        cluster starts; empty for a single cluster.
+      div_val: cluster ``i`` has ``d_embed // div_val**i`` dims.
+
+    Returns:
+      ``((start_i, n_i, d_i), ...)``, one triple per cluster.
+
+    Raises:
+      ValueError: naming the argument, its value and the accepted range.
+    """
+    if not (isinstance(n_token, (int, np.integer)) and n_token >= 1):
+        raise ValueError(f"n_token={n_token!r} must be an int >= 1.")
+    if not (isinstance(d_embed, (int, np.integer)) and d_embed >= 1):
+        raise ValueError(f"d_embed={d_embed!r} must be an int >= 1.")
+    if not div_val >= 1:
+        raise ValueError(f"div_val={div_val!r} must be >= 1 (1 gives every cluster d_embed dims).")
+    cuts = tuple(cutoffs)
+    if not all(isinstance(c, (int, np.integer)) for c in cuts):
+        raise ValueError(f"cutoffs={cutoffs!r} must be ints.")
+    if any(b <= a for a, b in zip(cuts, cuts[1:])) or any(not 0 < c < n_token for c in cuts):
+        raise ValueError(
+            f"cutoffs={cutoffs!r} must be strictly increasing token ids in the open interval (0, n_token={n_token})."
+        )
+    bounds = (0,) + cuts + (n_token,)
+    out = []
+    for i in range(len(bounds) - 1):
+        d_i = int(d_embed // div_val**i)
+        if d_i < 1:
+            raise ValueError(
+                f"d_embed={d_embed} with div_val={div_val!r} leaves cluster {i} of cutoffs={cutoffs!r} with "
+                f"d_embed // div_val**{i} = {d_i} dims; it must be >= 1: raise d_embed, lower div_val or use "
+                "fewer cutoffs."
+            )
+        out.append((int(bounds[i]), int(bounds[i + 1] - bounds[i]), d_i))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveSpec:
+    """Structure of one adaptive embedding or untied softmax after surgery.
+
+    Attributes:
+      dims: embedding dims kept per cluster; a cluster with 0 has no
+        embedding or projection (its tokens embed to zeros; in the softmax
+        its logits are the bias alone).
+      gated: whether the dims carry gates.
+    """
+
+    dims: tuple[int, ...]
+    gated: bool = False
+
+    def __post_init__(self):
+        dims = tuple(int(d) for d in self.dims)
+        if not dims or any(d < 0 for d in dims):
+            raise ValueError(
+                f"AdaptiveSpec: dims={self.dims!r} must be a non-empty tuple of ints >= 0, one per cluster."
+            )
+        object.__setattr__(self, "dims", dims)
+
+
+def _where(module: nn.Module) -> str:
+    return f"{type(module).__name__} at '{'/'.join(module.path)}'"
+
+
+def _clusters(module: nn.Module) -> tuple[tuple[int, int, int], ...]:
+    if not (isinstance(module.d_proj, (int, np.integer)) and module.d_proj >= 1):
+        raise ValueError(f"{_where(module)}: d_proj={module.d_proj!r} must be an int >= 1.")
+    try:
+        return adaptive_clusters(module.n_token, module.d_embed, module.cutoffs, module.div_val)
+    except ValueError as e:
+        raise ValueError(f"{_where(module)}: {e}") from None
+
+
+def _spec(module: nn.Module, clusters) -> AdaptiveSpec:
+    """The plan's spec at the module's path, or the defaults."""
+    found = module.plan.spec(module.path)
+    if found is None:
+        return AdaptiveSpec(dims=tuple(d for _, _, d in clusters), gated=module.gated)
+    if not isinstance(found, AdaptiveSpec):
+        raise ValueError(f"{_where(module)}: the plan holds {found!r}, expected an AdaptiveSpec.")
+    if len(found.dims) != len(clusters):
+        raise ValueError(
+            f"{_where(module)}: the plan's AdaptiveSpec has {len(found.dims)} dims but cutoffs={module.cutoffs!r} "
+            f"make {len(clusters)} clusters."
+        )
+    return found
+
+
+def _make_cluster_params(module: nn.Module, clusters, spec: AdaptiveSpec) -> tuple[ClusterParams, ...]:
+    """Creates ``embedding_i``, ``projection_i`` and ``log_alpha_i`` (from ``setup``)."""
+    gate = module.plan.gate
+    out = []
+    for i, ((_, n_i, _), d_i) in enumerate(zip(clusters, spec.dims)):
+        if d_i == 0:
+            out.append((None, None, None))
+            continue
+        emb = module.param(f"embedding_{i}", module.embedding_init, (n_i, d_i), module.param_dtype)
+        proj = module.param(f"projection_{i}", module.projection_init, (d_i, module.d_proj), module.param_dtype)
+        la = None
+        if spec.gated:
+            la = module.param(f"log_alpha_{i}", log_alpha_init(gate.drop_rate, gate.init_std), (d_i,), jnp.float32)
+        out.append((emb, proj, la))
+    return tuple(out)
+
+
+def _dtype(module: nn.Module) -> Any:
+    return module.dtype if module.dtype is not None else module.param_dtype
+
+
+class AdaptiveEmbedding(nn.Module):
+    """Adaptive input embedding with a hard-concrete gate on each cluster's dims.
+
+    Params per cluster ``i`` (``n_i`` tokens, ``d_i`` dims):
+    ``embedding_{i}: [n_i, d_i]``, ``projection_{i}: [d_i, d_proj]`` and, when
+    gated, ``log_alpha_{i}: [d_i]``. A cluster that surgery cut to 0 dims has
+    no params and embeds its tokens to zeros.
+
+    To tie an :class:`AdaptiveSoftmax` to it, build both in the parent's
+    ``setup`` and pass this instance as the softmax's ``tied``.
+
+    Attributes:
+      n_token: vocabulary size.
+      d_embed: embedding dim of cluster 0.
+      d_proj: output (model) width.
+      cutoffs: strictly increasing ids in ``(0, n_token)`` starting clusters 1, 2, ...
+      div_val: cluster ``i`` has ``d_embed // div_val**i`` dims.
+      gated: gate the dims (False: a plain adaptive embedding).
+      plan: pruning plan; an :class:`AdaptiveSpec` under this module's path
+        overrides the dims and ``gated``.
+      deterministic: default gate mode (eval mask) when not given per call.
+      dtype: computation dtype (default: ``param_dtype``).
+      param_dtype: dtype of the embeddings and projections.
+      embedding_init: initializer of ``embedding_{i}``.
+      projection_init: initializer of ``projection_{i}``.
+    """
+
+    n_token: int
+    d_embed: int
+    d_proj: int
+    cutoffs: tuple[int, ...] = ()
+    div_val: float = 1
+    gated: bool = True
+    plan: Plan = Plan()
+    deterministic: bool | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    embedding_init: Any = default_embedding_init
+    projection_init: Any = default_projection_init
+
+    def setup(self):
+        self.clusters = _clusters(self)
+        self.spec = _spec(self, self.clusters)
+        self.weights = _make_cluster_params(self, self.clusters, self.spec)
+
+    def cluster_params(self) -> list[ClusterParams]:
+        """``[(embedding_i, projection_i, log_alpha_i), ...]``; None where absent (for a tied softmax)."""
+        return list(self.weights)
+
+    def __call__(self, ids: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        """Embeds token ids.
+
+        Args:
+          ids: ``[...]`` integer token ids in ``[0, n_token)``; ids outside
+            embed to zeros.
+          deterministic: use the evaluation mask (True) or draw a gate sample
+            from the ``gates`` rng stream (False).
+
+        Returns:
+          ``[..., d_proj]`` embeddings, scaled by ``sqrt(d_proj)``.
+        """
+        if any(la is not None for _, _, la in self.weights):
+            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        dtype = _dtype(self)
+        out = jnp.zeros(ids.shape + (self.d_proj,), dtype)  # [..., d_proj]
+        # Every token goes through every cluster's projection and a select
+        # keeps its own: static shapes under jit, at sum_i d_i * d_proj
+        # multiply-adds per token instead of boolean indexing.
+        for i, ((start, n_i, _), (emb, proj, la)) in enumerate(zip(self.clusters, self.weights)):
+            if emb is None:
+                continue
+            local = ids - start
+            inside = (local >= 0) & (local < n_i)  # [...]
+            e = jnp.take(emb.astype(dtype), jnp.clip(local, 0, n_i - 1), axis=0)  # [..., d_i]
+            if la is not None:
+                z = gate_values(self, la, self.plan.gate, deterministic)  # [d_i]
+                self.sow("intermediates", f"gate_{i}", z)
+                e = e * z.astype(dtype)
+            y = jnp.matmul(e, proj.astype(dtype))  # [..., d_proj]
+            out = jnp.where(inside[..., None], y, out)
+        return out * jnp.asarray(math.sqrt(self.d_proj), dtype)
+
+
+class AdaptiveSoftmax(nn.Module):
+    """Adaptive softmax with a hard-concrete gate on each cluster's dims.
+
+    Untied params per cluster ``i``: ``embedding_{i}: [n_i, d_i]``,
+    ``projection_{i}: [d_i, d_proj]`` and, when gated, ``log_alpha_{i}:
+    [d_i]`` (the names and shapes of :class:`AdaptiveEmbedding`, so one
+    layout serves both); always ``bias_{i}: [n_i]``; with tail clusters,
+    ``cluster_kernel: [d_proj, n_clusters]`` and ``cluster_bias:
+    [n_clusters]``. Tied, only the biases and the cluster logits are its own.
+
+    The head softmax runs over cluster 0's tokens plus one logit per tail
+    cluster; ``log p(t) = head[t]`` in cluster 0 and ``head[n_0 + i - 1] +
+    log_softmax(logits_i)[t - l_i]`` in cluster ``i``. The tail-cluster logits
+    come from ``hidden`` directly, not (as in Transformer-XL) after cluster
+    0's gated projection: that keeps every gate's cost local to its cluster,
+    so pruning cluster 0 to nothing leaves the tails reachable and a gate's
+    ``n_i + d_proj`` cost stays exact.
+
+    Attributes:
+      n_token, d_embed, d_proj, cutoffs, div_val: as in
+        :class:`AdaptiveEmbedding` (and equal to the tied embedding's).
+      gated: gate the dims; ignored when tied (the gates are the embedding's).
+      tied: the :class:`AdaptiveEmbedding` whose weights and gates to share,
+        built in the same parent's ``setup``; None for own weights.
+      plan: pruning plan; an :class:`AdaptiveSpec` under this module's path
+        overrides the dims of an untied softmax.
+      deterministic: default gate mode when not given per call.
+      dtype: computation dtype (default: ``param_dtype``); the normalization
+        runs in at least float32.
+      param_dtype: dtype of the params.
+      embedding_init, projection_init: initializers of the untied weights
+        (``projection_init`` also initializes ``cluster_kernel``).
+      bias_init: initializer of ``bias_{i}`` and ``cluster_bias``.
+    """
+
+    n_token: int
+    d_embed: int
+    d_proj: int
+    cutoffs: tuple[int, ...] = ()
+    div_val: float = 1
+    gated: bool = True
+    tied: AdaptiveEmbedding | None = None
+    plan: Plan = Plan()
+    deterministic: bool | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    embedding_init: Any = default_embedding_init
+    projection_init: Any = default_projection_init
+    bias_init: Any = nn.initializers.zeros_init()
+
+    def setup(self):
+        self.clusters = _clusters(self)
+        if self.tied is None:
+            self.weights = _make_cluster_params(self, self.clusters, _spec(self, self.clusters))
+        else:
+            self._check_tied()
+        self.biases = tuple(
+            self.param(f"bias_{i}", self.bias_init, (n_i,), self.param_dtype)
+            for i, (_, n_i, _) in enumerate(self.clusters)
+        )
+        n_tail = len(self.clusters) - 1
+        if n_tail:
+            self.cluster_kernel = self.param(
+                "cluster_kernel", self.projection_init, (self.d_proj, n_tail), self.param_dtype
+            )
+            self.cluster_bias = self.param("cluster_bias", self.bias_init, (n_tail,), self.param_dtype)
+
+    def _check_tied(self):
+        if not isinstance(self.tied, AdaptiveEmbedding):
+            raise ValueError(f"{_where(self)}: tied={self.tied!r} must be an AdaptiveEmbedding or None.")
+        for name in ("n_token", "d_embed", "d_proj", "cutoffs", "div_val"):
+            mine, theirs = getattr(self, name), getattr(self.tied, name)
+            if name == "cutoffs":
+                mine, theirs = tuple(mine), tuple(theirs)
+            if mine != theirs:
+                raise ValueError(f"{_where(self)}: {name}={mine!r} must equal the tied embedding's {name}={theirs!r}.")
+        if self.plan.spec(self.path) is not None:
+            raise ValueError(
+                f"{_where(self)}: a tied softmax takes its structure from the embedding at "
+                f"'{'/'.join(self.tied.path)}', but the plan holds {self.plan.spec(self.path)!r} for it."
+            )
+
+    def __call__(self, hidden: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        """Log-probabilities of every token.
+
+        Args:
+          hidden: ``[..., d_proj]`` final hidden states.
+          deterministic: use the evaluation mask (True) or draw a gate sample
+            from the ``gates`` rng stream (False).
+
+        Returns:
+          ``[..., n_token]`` log-probabilities, normalized over the vocabulary.
+        """
+        if self.tied is None:
+            weights, gate = self.weights, self.plan.gate
+        else:
+            # The mask follows the owner of log_alpha, so surgery's fold stays exact.
+            weights, gate = self.tied.cluster_params(), self.tied.plan.gate
+        if any(la is not None for _, _, la in weights):
+            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        dtype = _dtype(self)
+        hidden = hidden.astype(dtype)
+        batch = hidden.shape[:-1]
+        logits = []
+        for i, ((_, n_i, _), (emb, proj, la), bias) in enumerate(zip(self.clusters, weights, self.biases)):
+            if emb is None:
+                logits.append(jnp.broadcast_to(bias.astype(dtype), batch + (n_i,)))
+                continue
+            h = jnp.matmul(hidden, proj.astype(dtype).T)  # [..., d_i]
+            if la is not None:
+                z = gate_values(self, la, gate, deterministic)  # [d_i]: own sample, own key
+                self.sow("intermediates", f"gate_{i}", z)
+                h = h * z.astype(dtype)
+            logits.append(jnp.matmul(h, emb.astype(dtype).T) + bias.astype(dtype))  # [..., n_i]
+        # Normalizing over the vocabulary in bf16 would lose the rare tokens.
+        norm = jnp.promote_types(dtype, jnp.float32)
+        head = logits[0]
+        n_0 = head.shape[-1]
+        if len(logits) > 1:
+            cluster_logits = jnp.matmul(hidden, self.cluster_kernel.astype(dtype)) + self.cluster_bias.astype(dtype)
+            head = jnp.concatenate([head, cluster_logits], axis=-1)  # [..., n_0 + n_clusters]
+        head = jax.nn.log_softmax(head.astype(norm), axis=-1)
+        pieces = [head[..., :n_0]]
+        for i, tail in enumerate(logits[1:], start=1):
+            pieces.append(head[..., n_0 + i - 1, None] + jax.nn.log_softmax(tail.astype(norm), axis=-1))
+        return jnp.concatenate(pieces, axis=-1)
+
+
+def nll(log_probs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Negative log-likelihood of ``targets``.
+
+    Args:
+      log_probs: ``[..., n_token]`` log-probabilities.
+      targets: ``[...]`` integer token ids.
+
+    Returns:
+      ``[...]`` ``-log_probs[..., targets]``.
+    """
+    return -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+# --- layout: size accounting and surgery on the params node -----------------
+
+_CLUSTER_KEY = re.compile(r"(embedding|projection|log_alpha|bias)_(\d+)")
+
+
+def _n_clusters(node: Node) -> int:
+    found = [int(m.group(2)) for m in map(_CLUSTER_KEY.fullmatch, node) if m]
+    n = max(found) + 1 if found else 0
+    if "cluster_kernel" in node:
+        n = max(n, int(node["cluster_kernel"].shape[1]) + 1)
+    return n
+
+
+def _d_proj(node: Node) -> int:
+    for i in range(_n_clusters(node)):
+        if f"projection_{i}" in node:
+            return int(node[f"projection_{i}"].shape[1])
+    return int(node["cluster_kernel"].shape[0]) if "cluster_kernel" in node else 0
+
+
+def _match(node: Node) -> bool:
+    # Any cluster's weights, not just cluster 0's: surgery may cut cluster 0 to 0 dims.
+    return any(f"embedding_{i}" in node and f"projection_{i}" in node for i in range(_n_clusters(node)))
+
+
+def _groups(node: Node) -> list[GateGroup]:
+    out = []
+    for i in range(_n_clusters(node)):
+        if f"log_alpha_{i}" in node:
+            cost = int(node[f"embedding_{i}"].shape[0] + node[f"projection_{i}"].shape[1])
+            out.append(GateGroup(f"log_alpha_{i}", node[f"log_alpha_{i}"], cost))
+    return out
+
+
+def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
+    """One row per cluster still recorded in the node.
+
+    An embedding cluster cut to 0 dims leaves no key behind, so it has no
+    row (it costs nothing); a softmax cluster keeps its bias and its row.
+    """
+    d_proj = _d_proj(node)
+    rows = []
+    for i in range(_n_clusters(node)):
+        emb, bias, la = node.get(f"embedding_{i}"), node.get(f"bias_{i}"), node.get(f"log_alpha_{i}")
+        if emb is None and bias is None:
+            continue
+        n_i = int(emb.shape[0] if emb is not None else bias.shape[0])
+        full = int(emb.shape[1]) if emb is not None else 0
+        kept = full if la is None else int(np.count_nonzero(np.asarray(deterministic_mask(la, gate))))
+        per_dim = d_proj + n_i if bias is not None else d_proj  # softmax: both matmuls; embedding: a gather
+        rows.append(
+            LayerRow(
+                path=path,
+                kind=f"adaptive[{i}]",
+                shape=(n_i, d_proj),
+                rank=kept,
+                full_rank=full,
+                params=kept * (n_i + d_proj) + (size(bias) if bias is not None else 0),
+                flops_per_token=2 * kept * per_dim,
+                gated=la is not None,
+            )
+        )
+    return rows
+
+
+def _shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, AdaptiveSpec]:
+    weight_keys = {f"{k}_{i}" for i in range(_n_clusters(node)) for k in ("embedding", "projection", "log_alpha")}
+    out = {k: v for k, v in node.items() if k not in weight_keys}  # bias_i, cluster_kernel, cluster_bias
+    dims = []
+    for i in range(_n_clusters(node)):
+        if f"embedding_{i}" not in node:
+            dims.append(0)
+            continue
+        emb_in, proj_in = node[f"embedding_{i}"], node[f"projection_{i}"]
+        if f"log_alpha_{i}" not in node:
+            out[f"embedding_{i}"], out[f"projection_{i}"] = emb_in, proj_in
+            dims.append(int(emb_in.shape[1]))
+            continue
+        mask = to_numpy(deterministic_mask(node[f"log_alpha_{i}"], gate))
+        keep = np.flatnonzero(mask)
+        dims.append(int(keep.size))
+        if keep.size == 0:
+            continue
+        emb = to_numpy(emb_in)[:, keep] * mask[keep]  # fold the soft mask into the embedding columns
+        out[f"embedding_{i}"] = jnp.asarray(emb, np.asarray(emb_in).dtype)
+        out[f"projection_{i}"] = jnp.asarray(to_numpy(proj_in)[keep], np.asarray(proj_in).dtype)
+    return (out or None), AdaptiveSpec(dims=tuple(dims), gated=False)
+
+
+def _check(path: str, node: Node, spec: Any) -> None:
+    if not isinstance(spec, AdaptiveSpec):
+        raise mismatch(path, "the layer kind", "adaptive (embedding_i, projection_i)", type(spec).__name__)
+    if _n_clusters(node) > len(spec.dims):
+        raise mismatch(path, "the number of clusters", _n_clusters(node), len(spec.dims))
+    for i, d in enumerate(spec.dims):
+        emb, proj, la = (node.get(f"{k}_{i}") for k in ("embedding", "projection", "log_alpha"))
+        if d == 0:
+            if emb is not None or proj is not None or la is not None:
+                raise mismatch(path, f"cluster {i}'s params", "present", "none (0 dims)")
+            continue
+        if emb is None or proj is None:
+            raise mismatch(path, f"cluster {i}'s params", "absent", f"embedding_{i} and projection_{i} with {d} dims")
+        if emb.shape[1] != d or proj.shape[0] != d:
+            raise mismatch(path, f"cluster {i}'s dims (embedding, projection)", (emb.shape[1], proj.shape[0]), d)
+        if (la is not None) != spec.gated:
+            raise mismatch(path, f"cluster {i} gated", la is not None, spec.gated)
+        if la is not None and la.shape != (d,):
+            raise mismatch(path, f"log_alpha_{i}'s shape", la.shape, (d,))
+
+
+ADAPTIVE_LAYOUT = Layout("adaptive", _match, _groups, _rows, _shrink, _check)

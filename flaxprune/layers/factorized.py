@@ -1,0 +1,214 @@
+"""``FactorizedDense``: ``y = ((x @ P) * z) @ Q + b`` with one gate per rank-1 component.
+
+FLOP (Wang et al., 2020, Sec. 3.2) writes a weight matrix as
+``W = P diag(z) Q = sum_k z_k p_k q_k^T`` and puts a hard-concrete gate on
+each component; a zero gate removes column ``k`` of ``P`` and row ``k`` of
+``Q``, so each gate costs ``in + out`` weights. Surgery keeps the components
+whose evaluation mask is non-zero, folds the mask into ``Q`` and, when the
+factors would be no smaller than the dense matrix, multiplies them out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxprune.gates import GateConfig, deterministic_mask, gate_values, log_alpha_init
+from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
+from flaxprune.plan import Plan
+
+__all__ = ["FactorizedDense", "FactorizedSpec", "default_rank", "FACTORIZED_LAYOUT"]
+
+default_kernel_init = nn.initializers.lecun_normal()
+
+
+def default_rank(in_features: int, out_features: int) -> int:
+    """Rank with the same parameter count as the dense matrix: ``in*out // (in+out)``."""
+    return max(1, in_features * out_features // (in_features + out_features))
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorizedSpec:
+    """Structure of one ``FactorizedDense`` after surgery (or set by hand).
+
+    Attributes:
+      rank: number of components; 0 means the layer is bias-only.
+      gated: whether the components carry gates.
+      merged: the factors were multiplied into one ``kernel: [in, out]``.
+    """
+
+    rank: int
+    gated: bool = False
+    merged: bool = False
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError(f"FactorizedSpec: rank={self.rank} must be >= 0.")
+        if self.merged and self.gated:
+            raise ValueError("FactorizedSpec: a merged (dense) layer cannot be gated.")
+
+
+class FactorizedDense(nn.Module):
+    """A dense layer factorized as ``P diag(z) Q`` with hard-concrete gates ``z``.
+
+    Drop-in for ``nn.Dense``. Params: ``P: [in, rank]``, ``Q: [rank, out]``,
+    ``bias: [out]`` and, when gated, ``log_alpha: [rank]``. After surgery the
+    plan may turn it into a plain ``kernel: [in, out]`` (``merged``) or a
+    bias-only layer (rank 0).
+
+    Attributes:
+      features: output size.
+      rank: number of components; default ``in*out // (in+out)`` (as many
+        parameters as the dense matrix).
+      use_bias: add a bias.
+      gated: gate the components (False: a plain low-rank layer, for a dense
+        baseline or a warm start).
+      per_example_gates: draw a gate sample per example (leading axis of the
+        input) instead of one per call shared by the batch.
+      plan: pruning plan; a spec stored under this module's path overrides
+        ``rank`` and ``gated``.
+      deterministic: default gate mode (eval mask) when not given per call.
+    """
+
+    features: int
+    rank: int | None = None
+    use_bias: bool = True
+    gated: bool = True
+    per_example_gates: bool = False
+    plan: Plan = Plan()
+    deterministic: bool | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Any = default_kernel_init
+    bias_init: Any = nn.initializers.zeros_init()
+
+    def spec(self, in_features: int) -> FactorizedSpec:
+        """The structure this module builds: the plan's spec or the defaults."""
+        found = self.plan.spec(self.path)
+        if found is not None:
+            if not isinstance(found, FactorizedSpec):
+                raise ValueError(
+                    f"FactorizedDense at '{'/'.join(self.path)}': the plan holds {found!r}, expected a FactorizedSpec."
+                )
+            return found
+        rank = default_rank(in_features, self.features) if self.rank is None else self.rank
+        if not 1 <= rank:
+            raise ValueError(f"FactorizedDense at '{'/'.join(self.path)}': rank={rank} must be >= 1.")
+        return FactorizedSpec(rank=rank, gated=self.gated)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        spec = self.spec(x.shape[-1])
+        in_features = x.shape[-1]
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        if spec.merged:
+            kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+            y = jnp.matmul(x, kernel, precision=self.precision)
+        elif spec.rank == 0:
+            dtype = self.dtype or jnp.result_type(x, self.param_dtype)
+            y = jnp.zeros(x.shape[:-1] + (self.features,), dtype)
+            bias = None if bias is None else bias.astype(dtype)
+        else:
+            p = self.param("P", self.kernel_init, (in_features, spec.rank), self.param_dtype)
+            q = self.param("Q", self.kernel_init, (spec.rank, self.features), self.param_dtype)
+            x, p, q, bias = nn.dtypes.promote_dtype(x, p, q, bias, dtype=self.dtype)
+            h = jnp.matmul(x, p, precision=self.precision)  # [..., rank]
+            if spec.gated:
+                deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+                log_alpha = self.param(
+                    "log_alpha",
+                    log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std),
+                    (spec.rank,),
+                    jnp.float32,
+                )
+                h = h * _gates(self, log_alpha, deterministic, h).astype(h.dtype)
+            y = jnp.matmul(h, q, precision=self.precision)
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+def _gates(module: nn.Module, log_alpha: jax.Array, deterministic: bool, h: jax.Array) -> jax.Array:
+    """Gate values broadcastable against ``h: [..., n]``."""
+    if module.per_example_gates and not deterministic and h.ndim > 1:
+        z = gate_values(module, log_alpha, module.plan.gate, deterministic, (h.shape[0],))  # [batch, n]
+        return z.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + log_alpha.shape)
+    return gate_values(module, log_alpha, module.plan.gate, deterministic)
+
+
+# --- layout: size accounting and surgery on the params node -----------------
+
+
+def _match(node: Node) -> bool:
+    return "P" in node and "Q" in node
+
+
+def _groups(node: Node) -> list[GateGroup]:
+    if "log_alpha" not in node:
+        return []
+    p, q = node["P"], node["Q"]
+    return [GateGroup("log_alpha", node["log_alpha"], int(p.shape[0] + q.shape[1]))]
+
+
+def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
+    n_in, rank = node["P"].shape
+    n_out = node["Q"].shape[1]
+    kept = rank
+    if "log_alpha" in node:
+        kept = int(np.count_nonzero(np.asarray(deterministic_mask(node["log_alpha"], gate))))
+    bias = size(node.get("bias", ()))
+    return [
+        LayerRow(
+            path=path,
+            kind="factorized",
+            shape=(int(n_in), int(n_out)),
+            rank=kept,
+            full_rank=int(rank),
+            params=kept * int(n_in + n_out) + bias,
+            flops_per_token=2 * kept * int(n_in + n_out),
+            gated="log_alpha" in node,
+        )
+    ]
+
+
+def _shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, FactorizedSpec]:
+    la = node["log_alpha"]
+    p, q = to_numpy(node["P"]), to_numpy(node["Q"])
+    dtype = np.asarray(node["Q"]).dtype
+    mask = to_numpy(deterministic_mask(la, gate))
+    keep = np.flatnonzero(mask)
+    n_in, n_out = p.shape[0], q.shape[1]
+    out = {} if "bias" not in node else {"bias": node["bias"]}
+    if keep.size == 0:
+        return (out or None), FactorizedSpec(rank=0)
+    p_kept = p[:, keep]
+    q_kept = q[keep] * mask[keep][:, None]  # fold the soft mask into Q
+    if keep.size * (n_in + n_out) >= n_in * n_out:
+        out["kernel"] = jnp.asarray(p_kept @ q_kept, dtype)
+        return out, FactorizedSpec(rank=int(keep.size), merged=True)
+    out["P"] = jnp.asarray(p_kept, np.asarray(node["P"]).dtype)
+    out["Q"] = jnp.asarray(q_kept, dtype)
+    return out, FactorizedSpec(rank=int(keep.size))
+
+
+def _check(path: str, node: Node, spec: Any) -> None:
+    if not isinstance(spec, FactorizedSpec):
+        raise mismatch(path, "the layer kind", "factorized (P, Q)", type(spec).__name__)
+    if spec.merged:
+        raise mismatch(path, "the params", "factors P, Q", "a merged kernel")
+    if node["P"].shape[1] != spec.rank or node["Q"].shape[0] != spec.rank:
+        raise mismatch(path, "the rank of P/Q", (node["P"].shape[1], node["Q"].shape[0]), spec.rank)
+    if ("log_alpha" in node) != spec.gated:
+        raise mismatch(path, "gated", "log_alpha" in node, spec.gated)
+    if "log_alpha" in node and node["log_alpha"].shape != (spec.rank,):
+        raise mismatch(path, "log_alpha's shape", node["log_alpha"].shape, (spec.rank,))
+
+
+FACTORIZED_LAYOUT = Layout("factorized", _match, _groups, _rows, _shrink, _check)

@@ -1,0 +1,205 @@
+"""``InputGatedDense``: a dense layer with a hard-concrete gate on each input feature.
+
+FLOP's ``HardConcreteLinear`` (used on the first SRU layer of its enwik8
+model): ``y = (x * z) @ W + b``. A zero gate removes row ``k`` of ``W``, so
+each gate costs ``out`` weights. After surgery the layer gathers the kept
+input features (static indices held in the plan) and multiplies by the kept
+rows, with the soft mask folded in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxprune.gates import GateConfig, deterministic_mask, gate_values, log_alpha_init
+from flaxprune.layers.factorized import FactorizedSpec
+from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
+from flaxprune.plan import Plan
+
+__all__ = ["InputGatedDense", "InputGatedSpec", "INPUT_GATED_LAYOUT", "DENSE_LAYOUT"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputGatedSpec:
+    """Structure of one ``InputGatedDense`` after surgery.
+
+    Attributes:
+      keep: sorted indices of the input features kept (None: all of them);
+        an empty tuple makes the layer bias-only.
+      gated: whether the inputs carry gates.
+    """
+
+    keep: tuple[int, ...] | None = None
+    gated: bool = False
+
+    def __post_init__(self):
+        if self.keep is not None:
+            keep = tuple(int(i) for i in self.keep)
+            if list(keep) != sorted(set(keep)) or (keep and keep[0] < 0):
+                raise ValueError(f"InputGatedSpec: keep={self.keep!r} must be sorted, unique, non-negative indices.")
+            object.__setattr__(self, "keep", keep)
+
+
+class InputGatedDense(nn.Module):
+    """``y = (x * z) @ kernel + bias`` with one hard-concrete gate per input feature.
+
+    Params: ``kernel: [in, out]``, ``bias: [out]`` and, when gated,
+    ``log_alpha: [in]``.
+
+    Attributes:
+      features: output size.
+      use_bias: add a bias.
+      gated: gate the inputs (False: a plain ``nn.Dense``).
+      per_example_gates: a gate sample per example instead of one per call.
+      plan: pruning plan; a spec under this module's path overrides the
+        defaults (kept inputs, gated).
+      deterministic: default gate mode when not given per call.
+    """
+
+    features: int
+    use_bias: bool = True
+    gated: bool = True
+    per_example_gates: bool = False
+    plan: Plan = Plan()
+    deterministic: bool | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        spec = self.plan.spec(self.path)
+        if spec is None:
+            spec = InputGatedSpec(keep=None, gated=self.gated)
+        elif not isinstance(spec, InputGatedSpec):
+            raise ValueError(
+                f"InputGatedDense at '{'/'.join(self.path)}': the plan holds {spec!r}, expected an InputGatedSpec."
+            )
+        if spec.keep is not None:
+            if spec.keep and spec.keep[-1] >= x.shape[-1]:
+                raise ValueError(
+                    f"InputGatedDense at '{'/'.join(self.path)}': the plan keeps input {spec.keep[-1]} but the "
+                    f"input has {x.shape[-1]} features."
+                )
+            x = jnp.take(x, jnp.asarray(spec.keep, jnp.int32), axis=-1)
+        n_in = x.shape[-1]
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        if n_in == 0:
+            dtype = self.dtype or jnp.result_type(x, self.param_dtype)
+            y = jnp.zeros(x.shape[:-1] + (self.features,), dtype)
+            return y if bias is None else y + bias.astype(dtype)
+        kernel = self.param("kernel", self.kernel_init, (n_in, self.features), self.param_dtype)
+        if spec.gated:
+            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+            log_alpha = self.param(
+                "log_alpha", log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std), (n_in,), jnp.float32
+            )
+            if self.per_example_gates and not deterministic and x.ndim > 1:
+                z = gate_values(self, log_alpha, self.plan.gate, deterministic, (x.shape[0],))
+                z = z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (n_in,))
+            else:
+                z = gate_values(self, log_alpha, self.plan.gate, deterministic)
+            x = x * z.astype(x.dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.matmul(x, kernel, precision=self.precision)
+        return y if bias is None else y + bias
+
+
+# --- layouts -------------------------------------------------------------------
+
+
+def _ig_match(node: Node) -> bool:
+    return "kernel" in node and "log_alpha" in node and np.ndim(node["kernel"]) == 2
+
+
+def _ig_groups(node: Node) -> list[GateGroup]:
+    return [GateGroup("log_alpha", node["log_alpha"], int(node["kernel"].shape[1]))]
+
+
+def _ig_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
+    n_in, n_out = node["kernel"].shape
+    kept = int(np.count_nonzero(np.asarray(deterministic_mask(node["log_alpha"], gate))))
+    return [
+        LayerRow(
+            path=path,
+            kind="input_gated",
+            shape=(int(n_in), int(n_out)),
+            rank=kept,
+            full_rank=int(n_in),
+            params=kept * int(n_out) + size(node.get("bias", ())),
+            flops_per_token=2 * kept * int(n_out),
+            gated=True,
+        )
+    ]
+
+
+def _ig_shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, InputGatedSpec]:
+    mask = to_numpy(deterministic_mask(node["log_alpha"], gate))
+    keep = np.flatnonzero(mask)
+    out = {} if "bias" not in node else {"bias": node["bias"]}
+    if keep.size:
+        kernel = to_numpy(node["kernel"])[keep] * mask[keep][:, None]  # fold the soft mask into the rows
+        out["kernel"] = jnp.asarray(kernel, np.asarray(node["kernel"]).dtype)
+    return (out or None), InputGatedSpec(keep=tuple(int(i) for i in keep))
+
+
+def _ig_check(path: str, node: Node, spec: Any) -> None:
+    if not isinstance(spec, InputGatedSpec):
+        raise mismatch(path, "the layer kind", "input-gated (kernel, log_alpha)", type(spec).__name__)
+    if not spec.gated:
+        raise mismatch(path, "gated", True, False)
+    n_in = node["kernel"].shape[0]
+    if spec.keep is not None and len(spec.keep) != n_in:
+        raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
+
+
+INPUT_GATED_LAYOUT = Layout("input_gated", _ig_match, _ig_groups, _ig_rows, _ig_shrink, _ig_check)
+
+
+def _dense_match(node: Node) -> bool:
+    return "kernel" in node and "log_alpha" not in node and np.ndim(node["kernel"]) == 2
+
+
+def _dense_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
+    n_in, n_out = node["kernel"].shape
+    return [
+        LayerRow(
+            path=path,
+            kind="dense",
+            shape=(int(n_in), int(n_out)),
+            rank=int(min(n_in, n_out)),
+            full_rank=int(min(n_in, n_out)),
+            params=int(n_in * n_out) + size(node.get("bias", ())),
+            flops_per_token=2 * int(n_in * n_out),
+            gated=False,
+        )
+    ]
+
+
+def _dense_shrink(path: str, node: Node, gate: GateConfig):
+    raise AssertionError("a dense node has no gates to shrink")
+
+
+def _dense_check(path: str, node: Node, spec: Any) -> None:
+    if isinstance(spec, FactorizedSpec):
+        if not spec.merged:
+            raise mismatch(path, "the params", "a dense kernel", f"factors of rank {spec.rank}")
+    elif isinstance(spec, InputGatedSpec):
+        if spec.gated:
+            raise mismatch(path, "gated", False, True)
+        n_in = node["kernel"].shape[0]
+        if spec.keep is not None and len(spec.keep) != n_in:
+            raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
+    else:
+        raise mismatch(path, "the layer kind", "dense (kernel)", type(spec).__name__)
+
+
+DENSE_LAYOUT = Layout("dense", _dense_match, lambda node: [], _dense_rows, _dense_shrink, _dense_check)

@@ -1,0 +1,153 @@
+"""Parameter accounting for gated models, as pure functions of the params.
+
+FLOP (Wang et al., 2020, Sec. 3.3) constrains the *expected* model size: each
+gate ``z_k`` controls ``c_k`` weights (``in + out`` for a rank-1 component of
+a factorized matrix, ``out`` for an input feature, ``n_i + d_proj`` for an
+adaptive-embedding dimension), so
+
+    expected_params = sum_k c_k * P(z_k != 0)       (differentiable)
+    expected_sparsity = 1 - expected_params / prunable_params
+
+where ``prunable_params = sum_k c_k`` counts every weight a gate controls. The
+same definition serves the hard counts after the deterministic mask. Every
+layer kind describes its cost per gate through its layout
+(``flaxprune.layers.LAYOUTS``), read from the params tree alone: no forward
+pass, no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxprune.gates import DEFAULT_GATE, GateConfig, deterministic_mask, prob_nonzero
+from flaxprune.layers import LAYOUTS, FactorizedSpec, GateGroup, InputGatedSpec, LayerRow, Layout
+from flaxprune.plan import Plan
+
+__all__ = [
+    "expected_params",
+    "expected_sparsity",
+    "format_report",
+    "gate_groups",
+    "hard_params",
+    "hard_sparsity",
+    "layer_nodes",
+    "prunable_params",
+    "report",
+    "total_params",
+]
+
+
+def layer_nodes(params: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Layout]]:
+    """Yields ``(path, node, layout)`` for every node a layout recognises, in tree order."""
+
+    def walk(node, prefix):
+        for layout in LAYOUTS:
+            if layout.match(node):
+                yield prefix, node, layout
+                return
+        for key in sorted(node):
+            child = node[key]
+            if isinstance(child, Mapping):
+                yield from walk(child, f"{prefix}/{key}" if prefix else str(key))
+
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a nested mapping (a Flax params dict), got {type(params).__name__}.")
+    yield from walk(params, "")
+
+
+def gate_groups(params: Mapping[str, Any]) -> list[tuple[str, GateGroup]]:
+    """All gate vectors in ``params`` with their cost per gate, as ``(path, group)``."""
+    return [(path, g) for path, node, layout in layer_nodes(params) for g in layout.groups(node)]
+
+
+def _groups_or_raise(params, fn: str) -> list[tuple[str, GateGroup]]:
+    groups = gate_groups(params)
+    if not groups:
+        raise ValueError(
+            f"{fn}: params hold no gated layer (no 'log_alpha' next to factorized, input-gated or adaptive "
+            "weights); build the model with gated=True, or pass the params collection of a gated model."
+        )
+    return groups
+
+
+def prunable_params(params: Mapping[str, Any]) -> int:
+    """Number of weights controlled by some gate (a static int)."""
+    return sum(int(g.log_alpha.shape[-1]) * g.cost_per_gate for _, g in gate_groups(params))
+
+
+def expected_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
+    """Expected number of prunable weights kept, ``sum_k c_k P(z_k != 0)``; differentiable."""
+    groups = _groups_or_raise(params, "expected_params")
+    return sum(g.cost_per_gate * jnp.sum(prob_nonzero(g.log_alpha, gate)) for _, g in groups)
+
+
+def hard_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
+    """Number of prunable weights kept by the deterministic (eval) mask; jit-compatible."""
+    groups = _groups_or_raise(params, "hard_params")
+    return sum(g.cost_per_gate * jnp.count_nonzero(deterministic_mask(g.log_alpha, gate)) for _, g in groups)
+
+
+def expected_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
+    """``1 - expected_params / prunable_params``; differentiable in every ``log_alpha``."""
+    return 1.0 - expected_params(params, gate) / prunable_params(params)
+
+
+def hard_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
+    """``1 - hard_params / prunable_params``: the sparsity surgery will deliver."""
+    return 1.0 - hard_params(params, gate) / prunable_params(params)
+
+
+def total_params(params: Any) -> int:
+    """Number of scalars in a pytree."""
+    return sum(int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(params))
+
+
+def report(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, plan: Plan | None = None) -> list[LayerRow]:
+    """Per-layer report: kind, shape, kept rank, params and FLOPs per token.
+
+    Works on gated params (ranks counted with the deterministic mask) and on
+    shrunk ones. Pass the shrunk model's ``plan`` to also list layers that
+    surgery reduced to a bias.
+    """
+    rows = [row for path, node, layout in layer_nodes(params) for row in layout.rows(path, node, gate)]
+    seen = {r.path for r in rows}
+    for path, spec in (plan.layers if plan is not None else ()):
+        empty = (isinstance(spec, FactorizedSpec) and spec.rank == 0) or (
+            isinstance(spec, InputGatedSpec) and spec.keep == ()
+        )
+        if empty and path not in seen:
+            node = _lookup(params, path) or {}
+            n_out = int(np.shape(node["bias"])[0]) if "bias" in node else 0
+            rows.append(LayerRow(path, "bias_only", (0, n_out), 0, 0, n_out, 0, False))
+    return rows
+
+
+def _lookup(params: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
+    node: Any = params
+    for key in path.split("/") if path else ():
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def format_report(rows: list[LayerRow]) -> str:
+    """Fixed-width text table of :func:`report` rows, with totals."""
+    header = f"{'layer':<40} {'kind':<12} {'in x out':>13} {'rank':>11} {'params':>11} {'FLOPs/tok':>11}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        shape = f"{r.shape[0]}x{r.shape[1]}"
+        rank = f"{r.rank}/{r.full_rank}"
+        lines.append(
+            f"{r.path or '<root>':<40} {r.kind:<12} {shape:>13} {rank:>11} {r.params:>11,} {r.flops_per_token:>11,}"
+        )
+    lines.append("-" * len(header))
+    total_p = sum(r.params for r in rows)
+    total_f = sum(r.flops_per_token for r in rows)
+    lines.append(f"{'total':<40} {'':<12} {'':>13} {'':>11} {total_p:>11,} {total_f:>11,}")
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""Surgery: SVD factorization of dense weights, and ``shrink`` of gated models.
+
+``factorize`` is FLOP's warm start for pretrained models (Wang et al., 2020,
+Sec. 4.3, BERT): ``W = U S V^T`` gives ``P = U sqrt(S)``, ``Q = sqrt(S) V^T``,
+exact at full rank. ``shrink`` is the end of FLOP: every component whose
+evaluation mask is zero is cut away, the soft mask of the kept ones is folded
+into the weights, and the new plan tells the model the smaller static shapes.
+
+Both are pure functions run outside ``jit``: they return new pytrees and never
+modify their arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxprune.layers import FactorizedSpec, InputGatedSpec, LAYOUTS
+from flaxprune.layers.layout import to_numpy
+from flaxprune.plan import Plan
+from flaxprune.size import layer_nodes
+
+__all__ = ["factorize", "factorize_params", "shrink"]
+
+Config = TypeVar("Config")
+
+
+def factorize(kernel: jax.Array, bias: jax.Array | None = None, rank: int | None = None) -> dict[str, jax.Array]:
+    """Factorizes a dense kernel ``[in, out]`` into ``P: [in, rank]``, ``Q: [rank, out]`` by SVD.
+
+    ``P = U[:, :rank] sqrt(S[:rank])`` and ``Q = sqrt(S[:rank]) V^T[:rank]``,
+    the best rank-``rank`` approximation (Eckart-Young), exact when ``rank =
+    min(in, out)``. Splitting ``sqrt(S)`` evenly keeps both factors on the same
+    scale, which suits a shared optimizer.
+
+    Args:
+      kernel: ``[in, out]`` dense kernel (Flax layout).
+      bias: optional ``[out]`` bias, passed through.
+      rank: components to keep; default ``min(in, out)``.
+
+    Returns:
+      ``{'P', 'Q'}`` (plus ``'bias'``), in the kernel's dtype.
+
+    Raises:
+      ValueError: if the kernel is not 2-D or ``rank`` is not in ``[1, min(in, out)]``.
+    """
+    if np.ndim(kernel) != 2:
+        raise ValueError(f"factorize: kernel must be 2-D [in, out], got shape {np.shape(kernel)}.")
+    n_in, n_out = np.shape(kernel)
+    full = min(n_in, n_out)
+    rank = full if rank is None else rank
+    if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= full:
+        raise ValueError(f"factorize: rank={rank!r} must be an integer in [1, min(in, out)] = [1, {full}].")
+    dtype = np.asarray(kernel).dtype
+    u, s, vt = np.linalg.svd(to_numpy(kernel), full_matrices=False)
+    root = np.sqrt(s[:rank])
+    out = {
+        "P": jnp.asarray(u[:, :rank] * root, dtype),
+        "Q": jnp.asarray(root[:, None] * vt[:rank], dtype),
+    }
+    if bias is not None:
+        if np.shape(bias) != (n_out,):
+            raise ValueError(f"factorize: bias has shape {np.shape(bias)}, expected ({n_out},) to match the kernel.")
+        out["bias"] = jnp.asarray(bias)
+    return out
+
+
+def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, Any]) -> dict[str, Any]:
+    """Fills the params of a factorized twin from a trained dense model.
+
+    ``twin_params`` are freshly initialised params of the same model built
+    with ``FactorizedDense`` (and/or ``InputGatedDense``) in place of
+    ``nn.Dense``; they fix the ranks and hold the initial ``log_alpha``. Each
+    ``P``/``Q`` pair becomes the SVD factors (at the twin's rank) of the dense
+    kernel at the same path; every other leaf is copied from the dense params
+    (same path, same shape), except ``log_alpha*`` gates, which keep their
+    initial values.
+
+    Raises:
+      ValueError: naming the first path where the two trees disagree.
+    """
+    used: set[str] = set()
+
+    def fill(twin: Mapping[str, Any], dense: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
+        out = {}
+        if "P" in twin and "Q" in twin:
+            if dense is None or "kernel" not in dense:
+                raise ValueError(f"factorize_params: '{prefix}' is factorized in the twin but has no dense kernel.")
+            n_in, rank = twin["P"].shape
+            n_out = twin["Q"].shape[1]
+            if np.shape(dense["kernel"]) != (n_in, n_out):
+                raise ValueError(
+                    f"factorize_params: '{prefix}/kernel' has shape {np.shape(dense['kernel'])}, "
+                    f"the twin's factors need ({n_in}, {n_out})."
+                )
+            if rank > min(n_in, n_out):
+                raise ValueError(
+                    f"factorize_params: '{prefix}' has rank {rank} > min(in, out) = {min(n_in, n_out)}; "
+                    "SVD gives at most min(in, out) components (build the twin with rank=min(in, out))."
+                )
+            out.update(factorize(dense["kernel"], rank=rank))
+            used.add(f"{prefix}/kernel")
+        for key, leaf in twin.items():
+            path = f"{prefix}/{key}" if prefix else str(key)
+            if key in out:
+                continue
+            if isinstance(leaf, Mapping):
+                child = dense.get(key) if dense is not None else None
+                out[key] = fill(leaf, child if isinstance(child, Mapping) else None, path)
+            elif str(key).startswith("log_alpha"):
+                out[key] = leaf
+            else:
+                if dense is None or key not in dense:
+                    raise ValueError(f"factorize_params: '{path}' is in the twin but not in the dense params.")
+                if np.shape(dense[key]) != np.shape(leaf):
+                    raise ValueError(
+                        f"factorize_params: '{path}' has shape {np.shape(dense[key])} in the dense params, "
+                        f"{np.shape(leaf)} in the twin."
+                    )
+                out[key] = jnp.asarray(dense[key], jnp.asarray(leaf).dtype)
+                used.add(path)
+        return out
+
+    result = fill(twin_params, dense_params, "")
+    unused = sorted(
+        p for p in _leaf_paths(dense_params) if p not in used
+    )
+    if unused:
+        raise ValueError(
+            f"factorize_params: dense params have no place in the twin: {unused[:5]}"
+            f"{' ...' if len(unused) > 5 else ''}; the two models must have the same module paths."
+        )
+    return result
+
+
+def _leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, leaf in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        paths.extend(_leaf_paths(leaf, path) if isinstance(leaf, Mapping) else [path])
+    return paths
+
+
+def _plan_of(config: Any) -> Plan:
+    if isinstance(config, Plan):
+        return config
+    plan = getattr(config, "plan", None)
+    if not isinstance(plan, Plan) or not dataclasses.is_dataclass(config):
+        raise ValueError(
+            f"shrink: config must be a flaxprune.Plan or a frozen dataclass with a 'plan: Plan' field "
+            f"(the model's config), got {type(config).__name__}."
+        )
+    return plan
+
+
+def _node_at(params: Mapping[str, Any], path: str) -> Any:
+    node: Any = params
+    for key in path.split("/") if path else ():
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _has_no_weights(spec: Any) -> bool:
+    return (isinstance(spec, FactorizedSpec) and spec.rank == 0 and not spec.merged) or (
+        isinstance(spec, InputGatedSpec) and spec.keep == ()
+    )
+
+
+def _check_plan(params: Mapping[str, Any], plan: Plan) -> None:
+    for path, spec in plan.layers:
+        node = _node_at(params, path)
+        layout = next((lay for lay in LAYOUTS if isinstance(node, Mapping) and lay.match(node)), None)
+        if layout is None:
+            if _has_no_weights(spec):
+                continue
+            raise ValueError(
+                f"shrink: the plan holds {spec!r} for '{path}', but the params have "
+                f"{'no node there' if node is None else 'no layer weights there: ' + str(sorted(node))}. "
+                "Pass the params and the config that built them together."
+            )
+        layout.check(path, node, spec)
+
+
+def _replace(tree: Mapping[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``tree`` with the node at ``path`` replaced (removed when ``value`` is None)."""
+    head, _, rest = path.partition("/")
+    out = dict(tree)
+    if rest:
+        out[head] = _replace(tree[head], rest, value)
+    elif value is None:
+        out.pop(head)
+    else:
+        out[head] = value
+    return out
+
+
+def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], Config]:
+    """Cuts away every gated component whose evaluation mask is zero.
+
+    For each gated layer: keeps the components (ranks, input features,
+    embedding dims) whose deterministic mask is non-zero, folds the soft mask
+    values into the weights (``Q``, the kernel rows, or the embedding
+    columns), drops the gates, and merges ``P Q`` into a dense kernel when the
+    kept rank ``r'`` has ``r' (in + out) >= in * out``. A layer that keeps
+    nothing becomes bias-only. Ungated layers are left as they are.
+
+    Args:
+      params: the model's params collection (``variables['params']``), whose
+        paths are the module paths.
+      config: a :class:`Plan`, or the model's frozen dataclass config with a
+        ``plan`` field.
+
+    Returns:
+      ``(params, config)``: the reduced params and the config (same type)
+      whose plan builds the reduced model. In deterministic mode, the reduced
+      model gives the gated model's outputs.
+
+    Raises:
+      ValueError: if the config carries no plan, or the params do not match
+        the plan (naming the first layer that disagrees).
+    """
+    plan = _plan_of(config)
+    if not isinstance(params, Mapping):
+        raise ValueError(f"shrink: params must be a Flax params mapping, got {type(params).__name__}.")
+    if set(params) == {"params"} and isinstance(params["params"], Mapping):
+        raise ValueError(
+            "shrink: got the variables dict {'params': ...}; pass variables['params'] so that paths are module paths."
+        )
+    _check_plan(params, plan)
+    work = [(path, node, layout) for path, node, layout in layer_nodes(params) if layout.groups(node)]
+    new_params: dict[str, Any] = dict(params)
+    specs = {}
+    for path, node, layout in work:
+        node_out, spec = layout.shrink(path, node, plan.gate)
+        new_params = _replace(new_params, path, node_out) if path else dict(node_out or {})
+        specs[path] = spec
+    new_plan = plan.with_specs(specs)
+    if isinstance(config, Plan):
+        return new_params, new_plan
+    return new_params, dataclasses.replace(config, plan=new_plan)

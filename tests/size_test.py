@@ -1,0 +1,87 @@
+"""Size accounting against hand-computed counts."""
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxprune as fp
+
+P11 = 11 / 12  # P(z != 0) at log_alpha = 0
+
+
+class Net(nn.Module):
+    plan: fp.Plan = fp.Plan()
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        x = fp.InputGatedDense(4, plan=self.plan, name="inp")(x, deterministic)  # 5 gates x 4
+        x = fp.FactorizedDense(3, rank=2, plan=self.plan, name="fac")(x, deterministic)  # 2 gates x (4+3)
+        x = fp.FactorizedDense(3, gated=False, plan=self.plan, name="plain")(x)
+        return nn.Dense(2, name="head")(x)
+
+
+def _params(log_alphas=None):
+    params = Net().init(jax.random.key(0), jnp.ones((1, 5)))["params"]
+    if log_alphas:
+        for name, la in log_alphas.items():
+            params[name] = {**params[name], "log_alpha": jnp.asarray(la, jnp.float32)}
+    return params
+
+
+def test_prunable_and_expected_at_zero_log_alpha():
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    assert fp.prunable_params(params) == 5 * 4 + 2 * 7
+    np.testing.assert_allclose(fp.expected_params(params), 34 * P11, rtol=1e-6)
+    np.testing.assert_allclose(fp.expected_sparsity(params), 1 - P11, rtol=1e-5)
+    groups = dict((p, g.cost_per_gate) for p, g in fp.gate_groups(params))
+    assert groups == {"inp": 4, "fac": 7}
+
+
+def test_hard_counts_follow_deterministic_mask():
+    params = _params({"inp": [9.0, -9.0, 9.0, -9.0, -9.0], "fac": [9.0, -9.0]})
+    # inp keeps 2 inputs (2 x 4), fac keeps 1 component (1 x 7).
+    assert int(fp.hard_params(params)) == 8 + 7
+    np.testing.assert_allclose(fp.hard_sparsity(params), 1 - 15 / 34, rtol=1e-6)
+    assert float(jax.jit(fp.hard_sparsity)(params)) == pytest.approx(1 - 15 / 34)
+
+
+def test_expected_sparsity_gradient_closed_form():
+    params = _params({"inp": np.linspace(-1, 1, 5), "fac": [0.3, -0.7]})
+    grads = jax.grad(fp.expected_sparsity)(params)
+    for name, cost in (("inp", 4), ("fac", 7)):
+        p = np.asarray(fp.prob_nonzero(params[name]["log_alpha"]))
+        np.testing.assert_allclose(grads[name]["log_alpha"], -cost * p * (1 - p) / 34, rtol=1e-5)
+    chex.assert_trees_all_equal(grads["head"]["kernel"], jnp.zeros((3, 2)))
+
+
+def test_temperature_enters_expected_size():
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    cfg = fp.GateConfig(beta=2 / 3)
+    p = 1 / (1 + (1 / 11) ** (2 / 3))
+    np.testing.assert_allclose(fp.expected_params(params, cfg), 34 * p, rtol=1e-6)
+
+
+def test_no_gates_is_a_clear_error():
+    params = {"head": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+    assert fp.prunable_params(params) == 0
+    with pytest.raises(ValueError, match="no gated layer"):
+        fp.expected_sparsity(params)
+
+
+def test_report_rows():
+    params = _params({"inp": [9.0, -9.0, 9.0, -9.0, -9.0], "fac": [9.0, -9.0]})
+    rows = {r.path: r for r in fp.report(params)}
+    assert set(rows) == {"inp", "fac", "plain", "head"}
+    assert (rows["inp"].kind, rows["inp"].rank, rows["inp"].params, rows["inp"].flops_per_token) == (
+        "input_gated", 2, 2 * 4 + 4, 2 * 2 * 4
+    )
+    assert (rows["fac"].shape, rows["fac"].rank, rows["fac"].full_rank, rows["fac"].params) == ((4, 3), 1, 2, 7 + 3)
+    assert rows["plain"].rank == math.floor(3 * 3 / 6) and not rows["plain"].gated
+    assert rows["head"].kind == "dense" and rows["head"].params == 3 * 2 + 2
+    text = fp.format_report(fp.report(params))
+    assert "input_gated" in text and "total" in text
