@@ -15,12 +15,24 @@ from flaxprune.gates import (
     sample,
 )
 from flaxprune.layers import (
+    AdaptiveEmbedding,
+    AdaptiveSoftmax,
+    AdaptiveSpec,
     FactorizedDense,
     FactorizedSpec,
     InputGatedDense,
     InputGatedSpec,
     LayerRow,
     default_rank,
+)
+from flaxprune.lagrangian import (
+    flop_optimizer,
+    gradient_ascent,
+    init_multipliers,
+    noam_schedule,
+    param_labels,
+    penalty,
+    target_schedule,
 )
 from flaxprune.plan import Plan
 from flaxprune.size import (
@@ -39,6 +51,9 @@ from flaxprune.surgery import factorize, factorize_params, shrink
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveEmbedding",
+    "AdaptiveSoftmax",
+    "AdaptiveSpec",
     "FactorizedDense",
     "FactorizedSpec",
     "GateConfig",
@@ -54,15 +69,22 @@ __all__ = [
     "expected_sparsity",
     "factorize",
     "factorize_params",
+    "flop_optimizer",
     "format_report",
+    "gradient_ascent",
     "gate_groups",
     "hard_params",
     "hard_sparsity",
+    "init_multipliers",
     "log_alpha_init",
+    "noam_schedule",
+    "param_labels",
+    "penalty",
     "prob_nonzero",
     "prunable_params",
     "report",
     "sample",
     "shrink",
+    "target_schedule",
     "total_params",
 ]

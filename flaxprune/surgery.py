@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.layers import FactorizedSpec, InputGatedSpec, LAYOUTS
+from flaxprune.layers import LAYOUTS, AdaptiveSpec, FactorizedSpec, InputGatedSpec
 from flaxprune.layers.layout import to_numpy
 from flaxprune.plan import Plan
 from flaxprune.size import layer_nodes
@@ -170,7 +170,7 @@ def _node_at(params: Mapping[str, Any], path: str) -> Any:
 def _has_no_weights(spec: Any) -> bool:
     return (isinstance(spec, FactorizedSpec) and spec.rank == 0 and not spec.merged) or (
         isinstance(spec, InputGatedSpec) and spec.keep == ()
-    )
+    ) or (isinstance(spec, AdaptiveSpec) and not any(spec.dims))
 
 
 def _check_plan(params: Mapping[str, Any], plan: Plan) -> None:

@@ -184,3 +184,43 @@ def test_shrink_accepts_a_plan_and_rejects_mismatches():
         fp.shrink({"params": params}, cfg)
     with pytest.raises(ValueError, match="config must be a flaxprune.Plan"):
         fp.shrink(params, {"plan": cfg.plan})
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    plan: fp.Plan = fp.Plan()
+
+
+class TinyLM(nn.Module):
+    """Tied adaptive embedding/softmax around a factorized layer: every gated kind in one model."""
+
+    config: LMConfig
+
+    def setup(self):
+        kw = dict(n_token=12, d_embed=8, d_proj=6, cutoffs=(4, 8), div_val=2, plan=self.config.plan)
+        self.embed = fp.AdaptiveEmbedding(**kw)
+        self.body = fp.FactorizedDense(6, plan=self.config.plan)
+        self.softmax = fp.AdaptiveSoftmax(**kw, tied=self.embed)
+
+    def __call__(self, ids, deterministic=True):
+        h = jnp.tanh(self.body(self.embed(ids, deterministic), deterministic))
+        return self.softmax(h, deterministic)
+
+
+def test_shrink_equivalence_tied_adaptive_lm():
+    ids = jnp.arange(12).reshape(3, 4) % 12
+    cfg = LMConfig()
+    params = TinyLM(cfg).init(jax.random.key(0), ids)["params"]
+    params["embed"]["log_alpha_0"] = jnp.array([3.0, -6.0, 3.0, -6.0, 0.5, 3.0, 3.0, -6.0])
+    params["embed"]["log_alpha_2"] = jnp.full((2,), -6.0)  # a whole cluster goes
+    params["body"]["log_alpha"] = jnp.array([3.0, -6.0, 3.0])
+    # Tied weights are counted once: (4 + 6) * 8 + (4 + 6) * 4 + (4 + 6) * 2 + (6 + 6) * 3.
+    assert fp.prunable_params(params) == 80 + 40 + 20 + 36
+    new_params, new_cfg = fp.shrink(params, cfg)
+    assert new_cfg.plan.spec("embed") == fp.AdaptiveSpec(dims=(5, 4, 0))
+    gated = jax.jit(lambda p: TinyLM(cfg).apply({"params": p}, ids))(params)
+    reduced = jax.jit(lambda p: TinyLM(new_cfg).apply({"params": p}, ids))(new_params)
+    chex.assert_trees_all_close(reduced, gated, atol=1e-5)
+    assert fp.total_params(new_params) < fp.total_params(params)
+    again, _ = fp.shrink(new_params, new_cfg)  # the reduced pair still validates
+    chex.assert_trees_all_equal(again, new_params)

@@ -1,13 +1,21 @@
 """Gated and factorized Flax layers, and the layouts that describe their params."""
 
+from flaxprune.layers.adaptive import AdaptiveEmbedding, AdaptiveSoftmax, AdaptiveSpec, adaptive_clusters, nll
+from flaxprune.layers.adaptive_layout import ADAPTIVE_LAYOUT
 from flaxprune.layers.factorized import FACTORIZED_LAYOUT, FactorizedDense, FactorizedSpec, default_rank
 from flaxprune.layers.input_gated import DENSE_LAYOUT, INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec
 from flaxprune.layers.layout import GateGroup, LayerRow, Layout
 
 # First match wins: gated kinds before the plain dense kernel.
-LAYOUTS: tuple[Layout, ...] = (FACTORIZED_LAYOUT, INPUT_GATED_LAYOUT, DENSE_LAYOUT)
+LAYOUTS: tuple[Layout, ...] = (FACTORIZED_LAYOUT, INPUT_GATED_LAYOUT, ADAPTIVE_LAYOUT, DENSE_LAYOUT)
 
 __all__ = [
+    "ADAPTIVE_LAYOUT",
+    "AdaptiveEmbedding",
+    "AdaptiveSoftmax",
+    "AdaptiveSpec",
+    "adaptive_clusters",
+    "nll",
     "DENSE_LAYOUT",
     "FACTORIZED_LAYOUT",
     "INPUT_GATED_LAYOUT",

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from flaxprune.gates import deterministic_mask
+from flaxprune.layers.adaptive_layout import ADAPTIVE_LAYOUT
 from flaxprune.layers.adaptive import (
-    ADAPTIVE_LAYOUT,
     AdaptiveEmbedding,
     AdaptiveSoftmax,
     AdaptiveSpec,
@@ -37,11 +37,6 @@ def _init(model, *args):
 
 def _eval(model, variables, *args):
     return jax.jit(functools.partial(model.apply, deterministic=True))(variables, *args)
-
-
-def _train(model, variables, *args, key, mutable=False):
-    fn = jax.jit(functools.partial(model.apply, deterministic=False, mutable=mutable))
-    return fn(variables, *args, rngs={"gates": key})
 
 
 def _spread_log_alphas(node, seed=1):
@@ -259,17 +254,18 @@ def test_tied_gate_samples_are_separate_but_reproducible():
     model = TiedLM()
     variables = _init(model, IDS)
 
-    def gates(key):
-        _, state = _train(model, variables, IDS, key=key, mutable=["intermediates"])
-        inter = state["intermediates"]
-        return [(inter["embed"][f"gate_{i}"][0], inter["softmax"][f"gate_{i}"][0]) for i in range(3)]
+    train = jax.jit(functools.partial(model.apply, deterministic=False, mutable=["intermediates"]))
 
-    first, again, other = gates(jax.random.key(7)), gates(jax.random.key(7)), gates(jax.random.key(8))
-    chex.assert_trees_all_close(first, again)
-    assert not np.allclose(first[0][0], first[0][1])  # embedding and softmax draw their own keys
+    def run(seed):
+        out, state = train(variables, IDS, rngs={"gates": jax.random.key(seed)})
+        inter = state["intermediates"]
+        return out, [(inter["embed"][f"gate_{i}"][0], inter["softmax"][f"gate_{i}"][0]) for i in range(3)]
+
+    (out, first), (out_again, again), (_, other) = run(7), run(7), run(8)
+    chex.assert_trees_all_close((out, first), (out_again, again))
+    for i in range(3):
+        assert not np.allclose(first[i][0], first[i][1]), i  # embedding and softmax draw their own keys
     assert not np.allclose(first[0][0], other[0][0])
-    out1, out2 = _train(model, variables, IDS, key=jax.random.key(7)), _train(model, variables, IDS, key=jax.random.key(7))
-    chex.assert_trees_all_close(out1, out2)
     with pytest.raises(ValueError, match="rngs"):
         model.apply(variables, IDS, deterministic=False)
 
