@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "ml_collections>=1.1.0,<2",
     "absl-py>=2.1.0,<3",
     "numpy>=1.26,<3",
+    "tqdm>=4.66,<5",
 ]
 
 setup(

@@ -1,37 +1,130 @@
-"""The ``flaxprune`` console command."""
+"""The ``flaxprune`` console command.
+
+    flaxprune train  --config=experiments/configs/sru_small.py --workdir=DIR [--config.x=y ...]
+    flaxprune eval   --workdir=DIR [--split=test] [--reduced]
+    flaxprune shrink --workdir=DIR --output=DIR2
+    flaxprune report --checkpoint=DIR
+    flaxprune demo   [--steps N ...]       (byte-level MLP: the library in one page)
+
+``train`` resumes from the newest checkpoint in ``--workdir`` when there is
+one; on SIGTERM it saves and exits 0, so rerunning the same command continues
+the run exactly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import pathlib
 import sys
+from collections.abc import Callable
 
-from flaxprune import demo
+from absl import flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, the reduced model.")
+_SPLIT = flags.DEFINE_enum("split", "valid", ["valid", "test"], "eval: the split to evaluate.")
+_REDUCED = flags.DEFINE_bool("reduced", False, "eval: evaluate the run's reduced model instead of its checkpoint.")
+_OUTPUT = flags.DEFINE_string("output", None, "shrink: where to save the reduced model.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "report: a run directory or a reduced-model directory.")
 
 
-def _demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="FLOP end to end on a byte-level MLP LM over the embedded corpus.")
+class UsageError(ValueError):
+    """A missing or unexpected command-line argument."""
+
+
+def _require(**values) -> None:
+    missing = [f"--{k}" for k, v in values.items() if not v]
+    if missing:
+        raise UsageError(f"missing required flag(s): {', '.join(missing)}")
+
+
+def train_main(argv: list[str] | None = None) -> dict:
+    """``flaxprune train`` / ``experiments/main.py``: train or resume a run."""
+    if argv is not None and len(argv) > 1:
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
+    _require(config=_CONFIG.value is not None, workdir=_WORKDIR.value)
+    from flaxprune.training.loop import train
+
+    return train(_CONFIG.value, _WORKDIR.value)
+
+
+def eval_main() -> float:
+    """``flaxprune eval``: bits per token of a run's newest checkpoint (or reduced model) on a split."""
+    _require(workdir=_WORKDIR.value)
+    from flaxprune.training import inspect
+
+    bpc = inspect.evaluate_run(_WORKDIR.value, _SPLIT.value, reduced=_REDUCED.value)
+    print(f"{_SPLIT.value} bpc: {bpc:.4f}")
+    return bpc
+
+
+def shrink_main() -> None:
+    """``flaxprune shrink``: a run's newest checkpoint -> a reduced-model checkpoint."""
+    _require(workdir=_WORKDIR.value, output=_OUTPUT.value)
+    from flaxprune.training import inspect
+
+    before, after = inspect.shrink_run(_WORKDIR.value, _OUTPUT.value)
+    print(f"params {before:,} -> {after:,}; reduced model saved in {_OUTPUT.value}")
+
+
+def report_main() -> None:
+    """``flaxprune report``: per-layer ranks, params and FLOPs of a checkpoint."""
+    _require(checkpoint=_CHECKPOINT.value)
+    from flaxprune.training import inspect
+
+    print(inspect.report_checkpoint(_CHECKPOINT.value))
+
+
+def demo_main(args: list[str]) -> None:
+    from flaxprune import demo
+
+    parser = argparse.ArgumentParser(prog="flaxprune demo", description="FLOP on a byte-level MLP LM.")
     defaults = demo.DemoConfig()
     for field in ("steps", "target", "target_warmup", "hidden", "layers", "batch_size", "seed", "corpus_bytes"):
         value = getattr(defaults, field)
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
-    p.add_argument("--baseline", action="store_true", help="also train the unpruned model for comparison")
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
+    parser.add_argument("--baseline", action="store_true", help="also train the unpruned model for comparison")
+    ns = parser.parse_args(args)
+    fields = {f.name for f in dataclasses.fields(demo.DemoConfig)}
+    cfg = demo.DemoConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+    if ns.baseline:
+        print("== unpruned baseline ==")
+        base = demo.run(dataclasses.replace(cfg, gated=False))
+        print(f"baseline test bpc {base['test_bpc']:.4f}, params {base['params_before']:,}\n")
+    print(f"== FLOP, target sparsity {cfg.target} ==")
+    demo.run(cfg)
+
+
+COMMANDS: dict[str, Callable] = {"train": train_main, "eval": eval_main, "shrink": shrink_main, "report": report_main}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flaxprune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _demo_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        fields = {f.name for f in dataclasses.fields(demo.DemoConfig)}
-        cfg = demo.DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
-        if args.baseline:
-            print("== unpruned baseline ==")
-            base = demo.run(dataclasses.replace(cfg, gated=False))
-            print(f"baseline test bpc {base['test_bpc']:.4f}, params {base['params_before']:,}\n")
-        print(f"== FLOP, target sparsity {cfg.target} ==")
-        demo.run(cfg)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*COMMANDS, "demo"):
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        demo_main(rest)
+        return 0
+    try:
+        FLAGS.unparse_flags()
+        FLAGS([f"flaxprune {command}", *rest])
+    except flags.Error as e:
+        print(f"flaxprune {command}: {e}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+    try:
+        result = COMMANDS[command]() if command != "train" else train_main()
+    except UsageError as e:
+        print(f"flaxprune {command}: {e}", file=sys.stderr)
+        return 2
+    if command == "train" and isinstance(result, dict):
+        print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=1))
     return 0
 
 

@@ -71,7 +71,7 @@ def factorize(kernel: jax.Array, bias: jax.Array | None = None, rank: int | None
 
 
 def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, Any]) -> dict[str, Any]:
-    """Fills the params of a factorized twin from a trained dense model.
+    """Fills the params of a factorized twin from a trained dense (or factorized) model.
 
     ``twin_params`` are freshly initialised params of the same model built
     with ``FactorizedDense`` (and/or ``InputGatedDense``) in place of
@@ -79,7 +79,8 @@ def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, 
     ``P``/``Q`` pair becomes the SVD factors (at the twin's rank) of the dense
     kernel at the same path; every other leaf is copied from the dense params
     (same path, same shape), except ``log_alpha*`` gates, which keep their
-    initial values.
+    initial values. Where the source is already factorized (``P`` and ``Q`` of
+    the twin's shapes), the factors are copied as they are.
 
     Raises:
       ValueError: naming the first path where the two trees disagree.
@@ -88,7 +89,9 @@ def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, 
 
     def fill(twin: Mapping[str, Any], dense: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
         out = {}
-        if "P" in twin and "Q" in twin:
+        if "P" in twin and "Q" in twin and dense is not None and "P" in dense and "Q" in dense:
+            pass  # already factorized: P and Q are copied below like any other leaf
+        elif "P" in twin and "Q" in twin:
             if dense is None or "kernel" not in dense:
                 raise ValueError(f"factorize_params: '{prefix}' is factorized in the twin but has no dense kernel.")
             n_in, rank = twin["P"].shape

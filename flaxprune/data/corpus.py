@@ -1,0 +1,159 @@
+"""One call from a corpus name to train / valid / test token arrays.
+
+``load_corpus('enwik8' | 'text_char' | 'text_word' | 'stdlib', data_dir, ...)``
+prepares the tfds dataset in ``data_dir`` when it is not prepared yet, reads
+each split back through ``as_data_source`` (array_record, no TensorFlow) and
+returns a ``Corpus`` of int32 arrays. Inputs are checked first, so a missing
+or empty file fails here, naming the path, before any training starts.
+
+A prepared dataset is reused as long as it is there. A data dir prepared from
+one input keeps serving it: passing a ``manual_dir`` whose files differ (by
+name or size) from those recorded at preparation raises rather than quietly
+returning the old data; use a fresh ``data_dir`` per input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from flaxprune.data import enwik8 as enwik8_lib
+from flaxprune.data import text_file as text_file_lib
+from flaxprune.data.stdlib_builder import StdlibCorpus
+
+__all__ = ["CORPUS_NAMES", "Corpus", "load_corpus", "read_stream"]
+
+CORPUS_NAMES = ("enwik8", "text_char", "text_word", "stdlib")
+BYTE_VOCAB_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class Corpus:
+    """A language-modelling corpus as three contiguous token streams.
+
+    Attributes:
+      train: int32 token ids, ``[n_train]``.
+      valid: int32 token ids, ``[n_valid]`` (``[0]`` where the input had no
+        valid split).
+      test: int32 token ids, ``[n_test]`` (likewise).
+      vocab_size: the number of ids: 256 for bytes, ``len(vocab)`` for words.
+      vocab: for word level, the tokens by id (``vocab[i]`` is id ``i``);
+        None for byte level, where id ``i`` is byte value ``i``.
+    """
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    vocab_size: int
+    vocab: tuple[str, ...] | None = None
+
+
+def read_stream(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+    """Reads one split of a prepared chunked builder back as a single stream.
+
+    Args:
+      builder: a prepared ``Enwik8``, ``TextFile`` or ``StdlibCorpus``.
+      split: ``'train'``, ``'valid'`` or ``'test'``.
+
+    Returns:
+      The split's ids, ``[n_tokens]``, chunks concatenated in ``index`` order;
+      uint8 for bytes, int32 for words.
+    """
+    source = builder.as_data_source(split=split)
+    (key,) = [k for k in builder.info.features if k != "index"]  # 'bytes' or 'ids'
+    chunks = sorted((source[i] for i in range(len(source))), key=lambda ex: ex["index"])
+    dtype = builder.info.features[key].np_dtype
+    return np.concatenate([np.asarray(c[key], dtype=dtype) for c in chunks])
+
+
+def _check_source(builder: tfds.core.DatasetBuilder, expected: dict, name: str) -> None:
+    recorded = builder.info.metadata.get("source")
+    if recorded != expected:
+        raise ValueError(
+            f"load_corpus({name!r}): {builder.data_dir} was prepared from {recorded}, but the manual_dir "
+            f"now holds {expected}. Use a fresh data_dir for a different input (or delete that one)."
+        )
+
+
+def load_corpus(
+    name: str,
+    data_dir: str | os.PathLike,
+    manual_dir: str | os.PathLike | None = None,
+    *,
+    max_bytes: int | None = None,
+) -> Corpus:
+    """Loads a corpus as int32 arrays, preparing its tfds dataset if needed.
+
+    Args:
+      name: one of ``CORPUS_NAMES``: ``'enwik8'`` (``Enwik8``; from
+        ``manual_dir`` when given, else downloaded), ``'text_char'`` /
+        ``'text_word'`` (``TextFile`` configs ``char`` / ``word``; input
+        files from ``manual_dir``, by default ``<data_dir>/downloads/manual``)
+        or ``'stdlib'`` (``StdlibCorpus``; no input).
+      data_dir: where tfds keeps prepared datasets.
+      manual_dir: the directory holding the input files. For ``'enwik8'``,
+        giving it means "use the file there": it is not downloaded then.
+        Must be None for ``'stdlib'``.
+      max_bytes: ``'stdlib'`` only: how many bytes of the standard library
+        to take (default ``stdlib_builder.DEFAULT_MAX_BYTES``).
+
+    Returns:
+      A ``Corpus``; bytes are widened to int32 (the full enwik8 then takes
+      400 MB).
+
+    Raises:
+      ValueError: for an unknown ``name``, an option the corpus does not take,
+        an empty input file, or a ``manual_dir`` whose files differ from the
+        ones ``data_dir`` was prepared from.
+      FileNotFoundError: if the input files are missing (naming the path and
+        the accepted file names).
+    """
+    data_dir = os.fspath(data_dir)
+    if name not in CORPUS_NAMES:
+        raise ValueError(f"load_corpus: name={name!r} is not one of {CORPUS_NAMES}.")
+    if max_bytes is not None and name != "stdlib":
+        raise ValueError(f"load_corpus({name!r}): max_bytes={max_bytes} only applies to 'stdlib'.")
+    if name == "stdlib" and manual_dir is not None:
+        raise ValueError(f"load_corpus('stdlib'): manual_dir={manual_dir!r} must be None; it reads no files.")
+
+    expected = None  # the input files, recorded in info.metadata['source'] at preparation
+    if name == "stdlib":
+        builder = StdlibCorpus(data_dir=data_dir, max_bytes=max_bytes)
+    elif name == "enwik8":
+        builder = enwik8_lib.Enwik8(data_dir=data_dir)
+        if manual_dir is not None:
+            path = enwik8_lib.find_enwik8_file(manual_dir)
+            if path is None:
+                raise FileNotFoundError(
+                    f"load_corpus('enwik8'): no input file in manual_dir={os.fspath(manual_dir)!r}; expected one of "
+                    f"{enwik8_lib.MANUAL_FILE_NAMES} (or manual_dir=None to download {enwik8_lib.URL})."
+                )
+            if path.stat().length == 0:
+                raise ValueError(f"load_corpus('enwik8'): {path} is empty.")
+            expected = enwik8_lib.describe_source(path)
+    else:
+        builder = text_file_lib.TextFile(config=name.removeprefix("text_"), data_dir=data_dir)
+        if manual_dir is not None or not builder.is_prepared():
+            where = manual_dir if manual_dir is not None else epath.Path(data_dir) / "downloads" / "manual"
+            expected = text_file_lib.describe_source(where)  # raises for missing / empty files
+
+    if not builder.is_prepared():
+        config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
+        builder.download_and_prepare(download_config=config)
+    if expected is not None:
+        _check_source(builder, expected, name)
+
+    splits = {
+        s: read_stream(builder, s) if s in builder.info.splits else np.zeros(0, np.int32)
+        for s in ("train", "valid", "test")
+    }
+    if name == "text_word":
+        vocab = tuple(builder.info.metadata["vocab"])
+        vocab_size = len(vocab)
+    else:
+        vocab, vocab_size = None, BYTE_VOCAB_SIZE
+    return Corpus(**{s: a.astype(np.int32, copy=False) for s, a in splits.items()}, vocab_size=vocab_size, vocab=vocab)

@@ -1,0 +1,298 @@
+"""SRU language model, as FLOP prunes it on enwik8.
+
+The Simple Recurrent Unit (Lei et al., "Simple Recurrent Units for Highly
+Parallelizable Recurrence", EMNLP 2018) moves every matrix product out of the
+recurrence: one projection ``U = W x`` per layer, then an elementwise scan
+
+    f_t = sigmoid(U1_t + v_f * c_{t-1} + b_f)          forget gate
+    r_t = sigmoid(U2_t + v_r * c_{t-1} + b_r)          highway (reset) gate
+    c_t = f_t * c_{t-1} + (1 - f_t) * U0_t             = U0_t + (c_{t-1} - U0_t) * f_t
+    h_t = r_t * c_t + (1 - r_t) * x'_t                 = x'_t + (c_t - x'_t) * r_t
+
+where ``x'`` is the layer input when its size is ``d_model`` and a fourth
+slice ``U3`` of ``W x`` otherwise. FLOP (Wang, Wohlwend & Lei, EMNLP 2020,
+Sec. 4.1, enwik8) prunes exactly the ``W`` matrices: the first layer's
+through a gate on each input feature (``HardConcreteLinear``, here
+``InputGatedDense``), the others as ``P diag(z) Q`` with a gate per rank-1
+component (``FactorizedDense``). The embedding, the gate vectors ``v``, the
+biases and the output layer are not pruned.
+
+Differences from the PyTorch ``sru`` package FLOP used (``rescale=False``,
+no layer norm): dropout between layers is ordinary ``nn.Dropout`` (a fresh
+mask per time step) rather than SRU's per-sequence mask on ``h``, and the
+recurrence always runs in float32 whatever ``dtype`` the projections use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxprune.layers import FactorizedDense, InputGatedDense
+from flaxprune.plan import Plan
+
+__all__ = ["SRUConfig", "SRULayer", "SRULanguageModel", "sru_recurrence"]
+
+Carry = dict[str, jax.Array]  # {'c': [batch, n_layers, d_model] float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class SRUConfig:
+    """Hyperparameters of :class:`SRULanguageModel`; defaults are FLOP's enwik8 model.
+
+    Surgery returns ``dataclasses.replace(config, plan=new_plan)``; every
+    other field stays as it was.
+    """
+
+    vocab_size: int = 256  # number of token ids (bytes by default; FLOP's enwik8 has 205 distinct)
+    d_model: int = 3056  # hidden size d of every SRU layer (FLOP enwik8's n_d)
+    n_layers: int = 6  # number of stacked SRU layers (FLOP's depth)
+    embed_dim: int | None = None  # None: FLOP's rule, vocab_size if vocab_size < d_model else d_model
+    rank: int | None = 512  # rank of each factorized W (FLOP's n_proj); None: FactorizedDense's parameter-neutral default
+    dropout: float = 0.1  # on the embedding and on every layer's output
+    highway_bias: float = -3.0  # initial b_r: sigmoid(-3) ~ 0.05, so h starts close to the highway input x'
+    gated: bool = True  # False: dense baseline, every layer keeps its structure but carries no gates
+    input_gated_first: bool = True  # layer 0's W is an InputGatedDense (FLOP); False: a FactorizedDense like the others
+    scan_unroll: int = 1  # time steps per iteration of lax.scan (its `unroll`)
+    dtype: Any = None  # computation dtype of the projections (None: from the inputs/params); the scan is float32
+    param_dtype: Any = jnp.float32  # dtype of every parameter except log_alpha (always float32)
+    plan: Plan = Plan()  # gate hyperparameters and per-layer structure; shrink() returns a new one
+
+    def __post_init__(self):
+        def check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
+            if allow_none and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                accepted = f"an integer >= {low}" + (" or None" if allow_none else "")
+                raise ValueError(f"SRUConfig: {name}={value!r} must be {accepted}.")
+
+        check_int("vocab_size", self.vocab_size, 1)
+        check_int("d_model", self.d_model, 1)
+        check_int("n_layers", self.n_layers, 1)
+        check_int("embed_dim", self.embed_dim, 1, allow_none=True)
+        check_int("rank", self.rank, 1, allow_none=True)
+        check_int("scan_unroll", self.scan_unroll, 1)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"SRUConfig: dropout={self.dropout!r} must be a float in [0, 1).")
+        if isinstance(self.highway_bias, bool) or not isinstance(self.highway_bias, (int, float)) or not math.isfinite(
+            self.highway_bias
+        ):
+            raise ValueError(f"SRUConfig: highway_bias={self.highway_bias!r} must be a finite float.")
+        for name in ("gated", "input_gated_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SRUConfig: {name}={getattr(self, name)!r} must be True or False.")
+        if not isinstance(self.plan, Plan):
+            raise ValueError(f"SRUConfig: plan={self.plan!r} must be a flaxprune.Plan.")
+
+    @property
+    def embed_features(self) -> int:
+        """The embedding size: ``embed_dim``, or FLOP's rule when it is None."""
+        if self.embed_dim is not None:
+            return self.embed_dim
+        return self.vocab_size if self.vocab_size < self.d_model else self.d_model
+
+
+def sru_recurrence(
+    u: jax.Array,
+    x_highway: jax.Array,
+    c0: jax.Array,
+    v_f: jax.Array,
+    v_r: jax.Array,
+    b_f: jax.Array,
+    b_r: jax.Array,
+    unroll: int = 1,
+) -> tuple[jax.Array, jax.Array]:
+    """The SRU elementwise recurrence over time, in float32.
+
+    Args:
+      u: ``[batch, time, 3, d]``: ``U0`` (candidate), ``U1`` (forget), ``U2``
+        (highway) pre-activations.
+      x_highway: ``[batch, time, d]``: the highway input ``x'``.
+      c0: ``[batch, d]``: the state before the first step.
+      v_f, v_r, b_f, b_r: ``[d]``: the gates' state weights and biases.
+      unroll: passed to ``jax.lax.scan``.
+
+    Returns:
+      ``(h, c_last)``: ``h: [batch, time, d]`` and ``c_last: [batch, d]``, float32.
+    """
+    f32 = jnp.float32
+    v_f, v_r = v_f.astype(f32), v_r.astype(f32)
+    u = jnp.swapaxes(u.astype(f32), 0, 1)  # [time, batch, 3, d]
+    # The biases do not depend on c: add them once, outside the sequential loop.
+    x_highway = jnp.swapaxes(x_highway, 0, 1).astype(f32)  # [time, batch, d]
+    xs = (u[:, :, 0], u[:, :, 1] + b_f.astype(f32), u[:, :, 2] + b_r.astype(f32), x_highway)
+
+    def step(c, inputs):  # c: [batch, d]
+        u0, u1, u2, xh = inputs
+        f = jax.nn.sigmoid(u1 + v_f * c)
+        r = jax.nn.sigmoid(u2 + v_r * c)
+        c = u0 + (c - u0) * f
+        return c, xh + (c - xh) * r
+
+    c_last, h = jax.lax.scan(step, c0.astype(f32), xs, unroll=unroll)
+    return jnp.swapaxes(h, 0, 1), c_last
+
+
+def _uniform(bound: float) -> jax.nn.initializers.Initializer:
+    """``U(-bound, bound)``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class SRULayer(nn.Module):
+    """One SRU layer: ``U = W x`` (a prunable flaxprune layer) and the recurrence.
+
+    ``W`` has ``k * features`` outputs laid out as ``k`` blocks of
+    ``features`` (``U0, U1, U2[, U3]``), no bias; ``k = 4`` when the input
+    size differs from ``features`` (``U3`` is the highway input), else 3.
+    Params: ``W/...`` (the layer's own), ``v_f, v_r: [d]`` initialised as in
+    SRU 2.x, ``U(-sqrt(3/2), sqrt(3/2))`` (zero mean, variance 1/2),
+    ``b_f: [d]`` zeros and ``b_r: [d]`` ``highway_bias``.
+
+    Attributes:
+      features: hidden size ``d``.
+      input_gated: ``W`` is an ``InputGatedDense`` (else a ``FactorizedDense``).
+      rank: ``FactorizedDense`` rank (None: its default).
+      gated: whether ``W`` carries gates.
+      highway_bias: initial ``b_r``.
+      scan_unroll: ``lax.scan``'s ``unroll``.
+      plan: passed to ``W``.
+    """
+
+    features: int
+    input_gated: bool = False
+    rank: int | None = None
+    gated: bool = True
+    highway_bias: float = 0.0
+    scan_unroll: int = 1
+    plan: Plan = Plan()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, c0: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+        """Runs the layer over a sequence.
+
+        Args:
+          x: ``[batch, time, n_in]``.
+          c0: ``[batch, features]``: the state before the first step.
+          deterministic: eval mode (deterministic gate masks).
+
+        Returns:
+          ``(h, c_last)``: ``h: [batch, time, features]`` and ``c_last: [batch, features]``, float32.
+        """
+        d = self.features
+        k = 3 if x.shape[-1] == d else 4
+        common = dict(use_bias=False, gated=self.gated, plan=self.plan, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.input_gated:
+            w = InputGatedDense(k * d, name="W", **common)
+        else:
+            w = FactorizedDense(k * d, rank=self.rank, name="W", **common)
+        u = w(x, deterministic)  # [batch, time, k * d]
+        u = u.reshape(u.shape[:-1] + (k, d))  # [batch, time, k, d]
+        x_highway = x if k == 3 else u[..., 3, :]
+        v_init = _uniform(math.sqrt(1.5))
+        v_f = self.param("v_f", v_init, (d,), self.param_dtype)
+        v_r = self.param("v_r", v_init, (d,), self.param_dtype)
+        b_f = self.param("b_f", nn.initializers.zeros_init(), (d,), self.param_dtype)
+        b_r = self.param("b_r", nn.initializers.constant(self.highway_bias), (d,), self.param_dtype)
+        return sru_recurrence(u[..., :3, :], x_highway, c0, v_f, v_r, b_f, b_r, unroll=self.scan_unroll)
+
+
+class SRULanguageModel(nn.Module):
+    """FLOP's enwik8 SRU language model: embedding, ``n_layers`` SRU layers, output layer.
+
+    ``tokens -> Embed -> dropout -> [SRULayer -> dropout] x n_layers -> Dense -> logits``.
+    The embedding and the output kernel are initialised ``U(-sqrt(3/vocab),
+    sqrt(3/vocab))`` as in FLOP's script; the output bias is zero.
+
+    Param paths: ``embed/embedding``, ``layers_{l}/W/...`` (``kernel`` and
+    ``log_alpha`` for the input-gated first layer, ``P``, ``Q``,
+    ``log_alpha`` for factorized ones), ``layers_{l}/{v_f,v_r,b_f,b_r}``,
+    ``output/{kernel,bias}``.
+
+    The carry is ``{'c': [batch, n_layers, d_model]}`` float32, batch
+    leading so it shards along the data axis. The model does not stop
+    gradients through it: for truncated backpropagation through time the
+    caller applies ``jax.lax.stop_gradient`` to the carry between steps.
+
+    Rng streams in training mode (``deterministic=False``): ``'gates'`` for
+    the hard-concrete samples and ``'dropout'``; eval mode needs none.
+    """
+
+    config: SRUConfig
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        """The zero state ``{'c': [batch_size, n_layers, d_model]}`` float32; works unbound."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"SRULanguageModel.initial_carry: batch_size={batch_size!r} must be an integer >= 1.")
+        cfg = self.config
+        return {"c": jnp.zeros((batch_size, cfg.n_layers, cfg.d_model), jnp.float32)}
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, carry: Carry, deterministic: bool = True) -> tuple[jax.Array, Carry]:
+        """Runs the model over a chunk of a sequence.
+
+        Args:
+          tokens: ``[batch, time]`` int token ids.
+          carry: the state after the previous chunk, ``{'c': [batch, n_layers, d_model]}``
+            (:meth:`initial_carry` at the start of a sequence).
+          deterministic: eval mode: no dropout and the gates' evaluation mask.
+
+        Returns:
+          ``(logits, carry)``: ``logits: [batch, time, vocab_size]`` float32 and
+          the state after the last token (not stop-gradient'ed).
+
+        Raises:
+          ValueError: if ``tokens`` is not 2-D or the carry does not match the
+            batch and the config.
+        """
+        cfg = self.config
+        if tokens.ndim != 2:
+            raise ValueError(f"SRULanguageModel: tokens must be [batch, time], got shape {tokens.shape}.")
+        expected = (tokens.shape[0], cfg.n_layers, cfg.d_model)
+        if not isinstance(carry, Mapping) or set(carry) != {"c"} or carry["c"].shape != expected:
+            got = {k: getattr(v, "shape", v) for k, v in carry.items()} if isinstance(carry, Mapping) else carry
+            raise ValueError(
+                f"SRULanguageModel: carry must be {{'c': [batch, n_layers, d_model]}} = {{'c': {expected}}} "
+                f"(see initial_carry), got {got}."
+            )
+        init = _uniform(math.sqrt(3.0 / cfg.vocab_size))
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.embed_features,
+            embedding_init=init,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            name="embed",
+        )(tokens)  # [batch, time, embed]
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        states = []
+        for layer in range(cfg.n_layers):
+            x, c = SRULayer(
+                cfg.d_model,
+                input_gated=layer == 0 and cfg.input_gated_first,
+                rank=cfg.rank,
+                gated=cfg.gated,
+                highway_bias=cfg.highway_bias,
+                scan_unroll=cfg.scan_unroll,
+                plan=cfg.plan,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                name=f"layers_{layer}",
+            )(x, carry["c"][:, layer], deterministic)  # [batch, time, d_model]
+            x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+            states.append(c)
+        logits = nn.Dense(
+            cfg.vocab_size, kernel_init=init, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="output"
+        )(x)
+        return logits.astype(jnp.float32), {"c": jnp.stack(states, axis=1)}

@@ -1,0 +1,51 @@
+"""Validation of an experiment config (an ``ml_collections.ConfigDict``) before any work starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from flaxprune.lagrangian import noam_schedule
+
+__all__ = ["SCHEDULES", "learning_rate_schedule", "validate"]
+
+SCHEDULES = ("constant", "noam", "linear_warmup")
+SECTIONS = ("model", "data", "train", "optim", "prune")
+
+
+def _positive_int(section: str, name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"config.{section}.{name}={value!r} must be an integer >= {minimum}.")
+
+
+def validate(config: Any) -> None:
+    """Raises a ValueError naming the first bad field; touches no file and no device."""
+    missing = [s for s in SECTIONS if s not in config]
+    if missing:
+        raise ValueError(f"config is missing section(s) {missing}; a config needs {list(SECTIONS)}.")
+    t, o, p = config.train, config.optim, config.prune
+    for name in ("batch_size", "seq_len", "steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        _positive_int("train", name, t[name])
+    _positive_int("train", "eval_batch_size", t.eval_batch_size)
+    _positive_int("train", "num_devices", t.num_devices, minimum=0)
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule={o.schedule!r} is not a schedule; accepted: {list(SCHEDULES)}.")
+    for name in ("learning_rate", "gate_learning_rate", "lambda_learning_rate"):
+        if not o[name] > 0:
+            raise ValueError(f"config.optim.{name}={o[name]!r} must be > 0.")
+    _positive_int("optim", "warmup_steps", o.warmup_steps, minimum=0)
+    if not 0 <= p.target < 1:
+        raise ValueError(f"config.prune.target={p.target!r} must be in [0, 1).")
+    _positive_int("prune", "target_warmup", p.target_warmup, minimum=0)
+    if not p.best_tolerance >= 0:
+        raise ValueError(f"config.prune.best_tolerance={p.best_tolerance!r} must be >= 0.")
+
+
+def learning_rate_schedule(optim: Any) -> optax.Schedule:
+    """The weights' learning-rate schedule named by ``config.optim.schedule``."""
+    if optim.schedule == "constant":
+        return optax.constant_schedule(optim.learning_rate)
+    if optim.schedule == "noam":
+        return noam_schedule(optim.learning_rate, max(1, optim.warmup_steps))
+    return optax.linear_schedule(0.0, optim.learning_rate, max(1, optim.warmup_steps))

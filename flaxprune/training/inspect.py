@@ -1,0 +1,98 @@
+"""Work on a finished (or running) run's files: evaluate, shrink, report.
+
+These back the ``flaxprune eval | shrink | report`` commands. A run directory
+holds ``config.json`` (the experiment config), ``checkpoints/`` (training
+states whose metadata carries the model config as JSON) and, once finished,
+``reduced/`` (the shrunk model with its own config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from flaxprune.data.corpus import load_corpus
+from flaxprune.models import model_for
+from flaxprune.serialization import config_from_json
+from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
+from flaxprune.surgery import shrink
+from flaxprune.training import sharding
+from flaxprune.training.evaluate import Evaluator
+from flaxprune.training.finalize import load_reduced, save_reduced
+
+__all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
+
+
+def _experiment_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {workdir} is not a flaxprune run directory.")
+    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def load_run(workdir: str | pathlib.Path, which: str = "checkpoints") -> tuple[Any, Any, Any, int]:
+    """``(model, params, model_config, step)`` of the newest checkpoint in ``workdir/<which>``.
+
+    Raises:
+      FileNotFoundError: if there is no checkpoint.
+    """
+    directory = pathlib.Path(workdir).absolute() / which
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoints under {directory}.")
+    manager = ocp.CheckpointManager(directory)
+    step = manager.latest_step()
+    if step is None:
+        manager.close()
+        raise FileNotFoundError(f"no checkpoints under {directory}.")
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
+    manager.close()
+    config = config_from_json(restored["meta"]["model_config"])
+    return model_for(config), restored["state"]["trainable"]["params"], config, int(step)
+
+
+def evaluate_run(workdir: str | pathlib.Path, split: str = "valid", reduced: bool = False) -> float:
+    """Bits per token of the run's newest checkpoint (or its reduced model) on ``split``."""
+    workdir = pathlib.Path(workdir)
+    cfg = _experiment_config(workdir)
+    if reduced:
+        model, params, _ = load_reduced(workdir / "reduced")
+    else:
+        model, params, _, _ = load_run(workdir)
+    data = {k: v for k, v in cfg.data.items() if v is not None}
+    data["data_dir"] = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
+    corpus = load_corpus(**data)
+    mesh = sharding.make_mesh(cfg.train.num_devices or None)
+    evaluator = Evaluator(model, mesh, cfg.train.eval_batch_size, cfg.train.seq_len)
+    return evaluator.bpc(jax.device_get(params), getattr(corpus, split))
+
+
+def shrink_run(workdir: str | pathlib.Path, output: str | pathlib.Path) -> tuple[int, int]:
+    """Shrinks the run's newest checkpoint into ``output``; returns params before and after."""
+    _, params, config, _ = load_run(workdir)
+    small, small_config = shrink(params, config)
+    save_reduced(output, small, small_config)
+    return total_params(params), total_params(small)
+
+
+def report_checkpoint(path: str | pathlib.Path) -> str:
+    """The per-layer report of a run's newest checkpoint or of a reduced model."""
+    path = pathlib.Path(path)
+    if (path / "checkpoints").is_dir():
+        _, params, config, step = load_run(path)
+        title = f"{path} (step {step})"
+    else:
+        _, params, config = load_reduced(path)
+        title = f"{path} (reduced)"
+    gate = config.plan.gate
+    lines = [title, format_report(report(params, gate, config.plan)), f"total params: {total_params(params):,}"]
+    if gate_groups(params):
+        lines.append(f"hard sparsity of prunable weights: {float(hard_sparsity(params, gate)):.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The training loop end to end on tiny runs: resume, preemption, failures, shrink."""
+
+import os
+import pathlib
+import signal
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxprune.training import inspect, loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def tiny_config(**overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sru_small", ROOT / "experiments/configs/sru_small.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.model.d_model, c.model.n_layers, c.model.rank = 16, 2, 4
+    c.data.max_bytes = 20_000
+    c.train.update(batch_size=4, seq_len=16, steps=12, log_every=2, eval_every=6, checkpoint_every=4)
+    c.train.eval_batch_size = 2
+    c.prune.target_warmup = 6
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("full")
+    cfg = tiny_config(**{"data.data_dir": data_dir})
+    summary = loop.train(cfg, workdir, log=lambda _: None, progress=False)
+    return cfg, workdir, summary
+
+
+def test_run_finishes_and_reduced_model_matches(finished):
+    _, workdir, summary = finished
+    assert summary["status"] == "done" and summary["step"] == 12
+    assert summary["reduced_params"] < summary["params"]
+    assert summary["reduced_valid_bpc"] == pytest.approx(summary["valid_bpc"], abs=1e-4)
+    assert summary["reduced_test_bpc"] == pytest.approx(summary["test_bpc"], abs=1e-4)
+    for name in ("metrics.jsonl", "config.json", "summary.json"):
+        assert (workdir / name).is_file()
+    kinds = {line.split('"kind": "')[1].split('"')[0] for line in (workdir / "metrics.jsonl").read_text().splitlines()}
+    assert kinds == {"train", "eval"}
+    assert inspect.evaluate_run(workdir, "test", reduced=True) == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
+
+
+def test_sigterm_saves_and_resume_is_exact(finished, tmp_path, data_dir):
+    cfg, full_dir, _ = finished
+
+    def preempt(step):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = loop.train(cfg, tmp_path, on_step=preempt, log=lambda _: None, progress=False)
+    assert first == {"status": "preempted", "step": 6}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
+    second = loop.train(cfg, tmp_path, log=lambda _: None, progress=False)
+    assert second["status"] == "done"
+    _, resumed, _, step = inspect.load_run(tmp_path)
+    _, uninterrupted, _, full_step = inspect.load_run(full_dir)
+    assert step == full_step == 12
+    chex.assert_trees_all_equal(resumed, uninterrupted)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, data_dir):
+    original = loop.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step_fn = original(*args, **kwargs)
+
+        def step(state, batch):
+            new, metrics = step_fn(state, batch)
+            bad = new.step >= 6
+            return new.replace(finite=new.finite & ~bad), {**metrics, "loss": jnp.where(bad, jnp.nan, metrics["loss"])}
+
+        return step
+
+    monkeypatch.setattr(loop, "make_train_step", poisoned)
+    cfg = tiny_config(**{"data.data_dir": data_dir})
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite at or before step 6.*step 4"):
+        loop.train(cfg, tmp_path, log=lambda _: None, progress=False)
+    _, params, _, step = inspect.load_run(tmp_path)
+    assert step == 4
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_checkpoint_of_another_model_is_refused_before_anything_changes(finished, data_dir):
+    cfg, workdir, _ = finished
+    before = sorted(str(p) for p in workdir.rglob("*"))
+    other = tiny_config(**{"data.data_dir": data_dir, "model.d_model": 24})
+    with pytest.raises(ValueError, match="different model config"):
+        loop.train(other, workdir, log=lambda _: None, progress=False)
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ({"prune.target": 1.0}, r"config.prune.target=1.0 must be in \[0, 1\)"),
+        ({"train.seq_len": 0}, r"config.train.seq_len=0"),
+        ({"optim.schedule": "cosine"}, r"config.optim.schedule='cosine'"),
+        ({"model.name": "lstm"}, r"model.name='lstm' is not a model"),
+    ],
+)
+def test_bad_config_fails_before_writing(tmp_path, data_dir, override, match):
+    cfg = tiny_config(**{"data.data_dir": data_dir, **override})
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        loop.train(cfg, workdir, log=lambda _: None, progress=False)
+    assert not workdir.exists()
+
+
+def test_unknown_model_field_and_missing_data(tmp_path, data_dir):
+    cfg = tiny_config(**{"data.data_dir": data_dir})
+    cfg.model.n_heads = 4
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_heads'\]"):
+        loop.prepare(cfg, tmp_path / "run")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = tiny_config(**{"data.data_dir": data_dir, "data.name": "enwik8"})
+    cfg.data.max_bytes = None
+    cfg.data.manual_dir = str(empty)
+    with pytest.raises(FileNotFoundError, match=str(empty)):
+        loop.prepare(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
