@@ -111,12 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         demo_main(rest)
         return 0
+    argv_for_flags = [f"flaxprune {command}", *rest]
+    saved_argv, sys.argv = sys.argv, argv_for_flags  # config_flags reads its --config.* overrides from sys.argv
     try:
         FLAGS.unparse_flags()
-        FLAGS([f"flaxprune {command}", *rest])
+        FLAGS(argv_for_flags)
     except flags.Error as e:
         print(f"flaxprune {command}: {e}", file=sys.stderr)
         return 2
+    except (AttributeError, KeyError) as e:  # config_flags: an override of a key the config lacks
+        print(
+            f"flaxprune {command}: unknown config key {e} in a --config.* override; the config file lists the "
+            "accepted keys.",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        sys.argv = saved_argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     try:
         result = COMMANDS[command]() if command != "train" else train_main()

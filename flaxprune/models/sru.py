@@ -54,7 +54,7 @@ class SRUConfig:
     d_model: int = 3056  # hidden size d of every SRU layer (FLOP enwik8's n_d)
     n_layers: int = 6  # number of stacked SRU layers (FLOP's depth)
     embed_dim: int | None = None  # None: FLOP's rule, vocab_size if vocab_size < d_model else d_model
-    rank: int | None = 512  # rank of each factorized W (FLOP's n_proj); None: FactorizedDense's parameter-neutral default
+    rank: int | None = 512  # rank of each factorized W (FLOP's n_proj); None: parameter-neutral default_rank
     dropout: float = 0.1  # on the embedding and on every layer's output
     highway_bias: float = -3.0  # initial b_r: sigmoid(-3) ~ 0.05, so h starts close to the highway input x'
     gated: bool = True  # False: dense baseline, every layer keeps its structure but carries no gates

@@ -10,7 +10,7 @@ from flaxprune.lagrangian import noam_schedule
 
 __all__ = ["SCHEDULES", "learning_rate_schedule", "validate"]
 
-SCHEDULES = ("constant", "noam", "linear_warmup")
+SCHEDULES = ("constant", "noam", "linear_warmup", "cosine")
 SECTIONS = ("model", "data", "train", "optim", "prune")
 
 
@@ -42,10 +42,17 @@ def validate(config: Any) -> None:
         raise ValueError(f"config.prune.best_tolerance={p.best_tolerance!r} must be >= 0.")
 
 
-def learning_rate_schedule(optim: Any) -> optax.Schedule:
-    """The weights' learning-rate schedule named by ``config.optim.schedule``."""
+def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:
+    """The weights' learning-rate schedule named by ``config.optim.schedule``.
+
+    ``cosine`` warms up linearly, then decays to 0 at ``total_steps``
+    (Transformer-XL's schedule); ``noam`` is FLOP's inverse square root.
+    """
     if optim.schedule == "constant":
         return optax.constant_schedule(optim.learning_rate)
     if optim.schedule == "noam":
         return noam_schedule(optim.learning_rate, max(1, optim.warmup_steps))
+    if optim.schedule == "cosine":
+        warmup = min(optim.warmup_steps, total_steps - 1)
+        return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, max(1, warmup), total_steps)
     return optax.linear_schedule(0.0, optim.learning_rate, max(1, optim.warmup_steps))

@@ -106,7 +106,7 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
                     f"config that made it.\nsaved:   {saved}\ncurrent: {model_json}"
                 )
         store.close()
-    lr_fn = learning_rate_schedule(config.optim)
+    lr_fn = learning_rate_schedule(config.optim, config.train.steps)
     o = config.optim
     tx = flop_optimizer(
         lr_fn,

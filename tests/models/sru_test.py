@@ -16,14 +16,35 @@ from flaxprune.models.sru import SRUConfig, SRULanguageModel, sru_recurrence
 
 TINY = SRUConfig(vocab_size=11, d_model=8, n_layers=2, embed_dim=5, rank=3)
 BATCH, TIME = 2, 7
-TOKENS = jax.random.randint(jax.random.key(0), (BATCH, TIME), 0, 11, jnp.int32)
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 11, (BATCH, TIME)), jnp.int32)
+
+# XLA compiles dominate this file's time on CPU, threefry's above all (every shape drawn compiles its
+# own kernel), so: test data come from numpy, the model's keys are 'rbg' keys (half the compile time;
+# the model takes any typed key), only TINY runs the real init (jitted, once), and each config's eval
+# function is jitted once and shared.
 
 
-# Compiling dominates this file's time: one init and one jitted eval function per config, shared by the tests.
+def rng_key(seed):
+    return jax.random.key(seed, impl="rbg")
+
+
 @functools.cache
-def init(cfg=TINY):
+def init():
+    """(model, params) of TINY from its real initialisers."""
+    model = SRULanguageModel(TINY)
+    return model, jax.jit(model.init)(rng_key(1), TOKENS, model.initial_carry(BATCH))["params"]
+
+
+@functools.cache
+def abstract_params(cfg):
     model = SRULanguageModel(cfg)
-    return model, model.init(jax.random.key(1), TOKENS, model.initial_carry(BATCH))["params"]
+    return jax.eval_shape(model.init, jax.random.key(0), TOKENS, model.initial_carry(BATCH))["params"]
+
+
+def numpy_params(cfg, seed=0):
+    """Params of ``cfg``'s shapes and dtypes, every leaf drawn from N(0, 0.5^2) by numpy."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.5, s.shape), s.dtype), abstract_params(cfg))
 
 
 @functools.cache
@@ -33,7 +54,8 @@ def eval_fn(cfg):
 
 
 def random_carry(cfg=TINY, seed=5):
-    return {"c": jax.random.normal(jax.random.key(seed), (BATCH, cfg.n_layers, cfg.d_model))}
+    c = np.random.default_rng(seed).normal(size=(BATCH, cfg.n_layers, cfg.d_model))
+    return {"c": jnp.asarray(c, jnp.float32)}
 
 
 def shapes(params):
@@ -70,14 +92,13 @@ def test_shapes_dtypes_and_param_paths():
 )
 def test_variants(changes, layer0_w):
     cfg = dataclasses.replace(TINY, **changes)
-    model, params = init(cfg)
-    assert shapes(params)["layers_0"]["W"] == layer0_w
-    gated = cfg.gated
-    assert ("log_alpha" in params["layers_1"]["W"]) == gated
+    abstract = abstract_params(cfg)
+    assert shapes(abstract)["layers_0"]["W"] == layer0_w
+    assert ("log_alpha" in abstract["layers_1"]["W"]) == cfg.gated
     if cfg.rank is None:  # FactorizedDense's parameter-neutral default: 8 * 24 // 32
-        assert shapes(params)["layers_1"]["W"]["P"] == (8, 6)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-    logits, carry = eval_fn(cfg)(params, TOKENS, model.initial_carry(BATCH))
+        assert shapes(abstract)["layers_1"]["W"]["P"] == (8, 6)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(abstract))
+    logits, carry = eval_fn(cfg)(numpy_params(cfg), TOKENS, SRULanguageModel(cfg).initial_carry(BATCH))
     chex.assert_shape(logits, (BATCH, TIME, 11))
     chex.assert_type([logits, carry["c"]], jnp.float32)
     chex.assert_tree_all_finite(logits)
@@ -131,7 +152,8 @@ def reference_model(params, tokens, c0, cfg):
         k = u.shape[-1] // cfg.d_model
         u = u.reshape(u.shape[:-1] + (k, cfg.d_model))
         x_highway = x if k == 3 else u[:, :, 3]
-        x, c = reference_layer(u, x_highway, np.asarray(c0[:, layer], np.float64), lp["v_f"], lp["v_r"], lp["b_f"], lp["b_r"])
+        c = np.asarray(c0[:, layer], np.float64)
+        x, c = reference_layer(u, x_highway, c, lp["v_f"], lp["v_r"], lp["b_f"], lp["b_r"])
         states.append(c)
     return x @ p["output"]["kernel"] + p["output"]["bias"], np.stack(states, axis=1)
 
@@ -139,7 +161,7 @@ def reference_model(params, tokens, c0, cfg):
 @pytest.mark.parametrize("changes", [{}, dict(scan_unroll=3, input_gated_first=False), dict(gated=False, embed_dim=8)])
 def test_model_matches_step_by_step_reference(changes):
     cfg = dataclasses.replace(TINY, **changes)
-    _, params = init(cfg)
+    params = numpy_params(cfg)
     # Spread the gates so that the eval mask is not all ones.
     params = jax.tree_util.tree_map_with_path(
         lambda path, a: jnp.linspace(-3.0, 3.0, a.size) if path[-1].key == "log_alpha" else a, params
@@ -152,12 +174,11 @@ def test_model_matches_step_by_step_reference(changes):
 
 
 def test_sru_recurrence_matches_reference():
-    keys = jax.random.split(jax.random.key(3), 7)
+    rng = np.random.default_rng(3)
     d = 4
-    u = jax.random.normal(keys[0], (BATCH, TIME, 3, d))
-    xh = jax.random.normal(keys[1], (BATCH, TIME, d))
-    c0 = jax.random.normal(keys[2], (BATCH, d))
-    v_f, v_r, b_f, b_r = (jax.random.normal(k, (d,)) for k in keys[3:])
+    shapes_ = [(BATCH, TIME, 3, d), (BATCH, TIME, d), (BATCH, d)]
+    u, xh, c0 = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes_)
+    v_f, v_r, b_f, b_r = jnp.asarray(rng.normal(size=(4, d)), jnp.float32)
     h, c = jax.jit(sru_recurrence, static_argnames="unroll")(u, xh, c0, v_f, v_r, b_f, b_r, unroll=2)
     args = [np.asarray(a, np.float64) for a in (u, xh, c0, v_f, v_r, b_f, b_r)]
     want_h, want_c = reference_layer(*args)
@@ -213,11 +234,16 @@ def train_fn():
 def test_training_mode_needs_both_rngs_and_is_a_function_of_the_keys():
     model, params = init()
     carry = model.initial_carry(BATCH)
+
+    def trace(**rngs):  # tracing raises the same errors as running, without compiling
+        apply = lambda p: model.apply({"params": p}, TOKENS, carry, deterministic=False, rngs=rngs)  # noqa: E731
+        return jax.eval_shape(apply, params)
+
     with pytest.raises(ValueError, match="'gates'"):
-        model.apply({"params": params}, TOKENS, carry, deterministic=False, rngs={"dropout": jax.random.key(0)})
+        trace(dropout=rng_key(0))
     with pytest.raises(Exception, match='"dropout"'):
-        model.apply({"params": params}, TOKENS, carry, deterministic=False, rngs={"gates": jax.random.key(0)})
-    k1, k2 = jax.random.key(1), jax.random.key(2)
+        trace(gates=rng_key(0))
+    k1, k2 = rng_key(1), rng_key(2)
     (_, (logits, _)), _ = train_fn()(params, carry, k1, k2)
     chex.assert_trees_all_equal(train_fn()(params, carry, k1, k2), train_fn()(params, carry, k1, k2))
     assert not np.allclose(logits, train_fn()(params, carry, k2, k2)[0][1][0])  # other gate samples
@@ -226,7 +252,7 @@ def test_training_mode_needs_both_rngs_and_is_a_function_of_the_keys():
 
 def test_gradients_reach_gates_weights_and_the_carry():
     _, params = init()
-    _, (g, g_carry) = train_fn()(params, random_carry(), jax.random.key(7), jax.random.key(8))
+    _, (g, g_carry) = train_fn()(params, random_carry(), rng_key(7), rng_key(8))
     for path in ("layers_0/W/log_alpha", "layers_0/W/kernel", "layers_1/W/log_alpha", "layers_1/W/P",
                  "layers_1/W/Q", "layers_1/v_f", "layers_1/v_r", "layers_1/b_r", "embed/embedding"):
         leaf = g
@@ -249,12 +275,18 @@ def test_gradients_reach_gates_weights_and_the_carry():
 )
 def test_shrunk_model_equals_gated_model(changes, cut):
     cfg = dataclasses.replace(TINY, **changes)
-    _, params = init(cfg)
+    params = init()[1] if cfg == TINY else numpy_params(cfg)
     for layer, idx in cut.items():
         w = params[layer]["W"]
-        params = {**params, layer: {**params[layer], "W": {**w, "log_alpha": w["log_alpha"].at[jnp.array(idx)].set(-10.0)}}}
+        w = {**w, "log_alpha": w["log_alpha"].at[jnp.array(idx)].set(-10.0)}
+        params = {**params, layer: {**params[layer], "W": w}}
     small, small_cfg = fp.shrink(params, cfg)
     assert dataclasses.replace(small_cfg, plan=cfg.plan) == cfg
+    for layer, idx in cut.items():  # the eval mask drops exactly the components set to -10
+        spec = small_cfg.plan.spec(f"{layer}/W")
+        kept = len(spec.keep) if isinstance(spec, fp.InputGatedSpec) else spec.rank
+        assert kept == params[layer]["W"]["log_alpha"].size - len(idx), (layer, spec)
+        assert ("W" in small[layer]) == (kept > 0)  # no bias: a layer that keeps nothing has no params
     assert fp.total_params(small) < fp.total_params(params)
     assert not any(path[-1].key == "log_alpha" for path, _ in jax.tree_util.tree_leaves_with_path(small))
     carry = random_carry(cfg)
