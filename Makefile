@@ -15,8 +15,11 @@ $(STAMP): requirements.txt setup.py
 
 install: $(STAMP)
 
+# FLOP on a small SRU over the embedded corpus, to 50% sparsity; a fresh run each time.
+DEMO_DIR ?= workdir/demo
 demo: $(STAMP)
-	$(BIN)/flaxprune demo --baseline
+	rm -rf $(DEMO_DIR)
+	$(BIN)/flaxprune train --config=experiments/configs/sru_small.py --workdir=$(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -4,7 +4,6 @@
     flaxprune eval   --workdir=DIR [--split=test] [--reduced]
     flaxprune shrink --workdir=DIR --output=DIR2
     flaxprune report --checkpoint=DIR
-    flaxprune demo   [--steps N ...]       (byte-level MLP: the library in one page)
 
 ``train`` resumes from the newest checkpoint in ``--workdir`` when there is
 one; on SIGTERM it saves and exits 0, so rerunning the same command continues
@@ -13,10 +12,7 @@ the run exactly.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import pathlib
 import sys
 from collections.abc import Callable
 
@@ -79,38 +75,15 @@ def report_main() -> None:
     print(inspect.report_checkpoint(_CHECKPOINT.value))
 
 
-def demo_main(args: list[str]) -> None:
-    from flaxprune import demo
-
-    parser = argparse.ArgumentParser(prog="flaxprune demo", description="FLOP on a byte-level MLP LM.")
-    defaults = demo.DemoConfig()
-    for field in ("steps", "target", "target_warmup", "hidden", "layers", "batch_size", "seed", "corpus_bytes"):
-        value = getattr(defaults, field)
-        parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
-    parser.add_argument("--baseline", action="store_true", help="also train the unpruned model for comparison")
-    ns = parser.parse_args(args)
-    fields = {f.name for f in dataclasses.fields(demo.DemoConfig)}
-    cfg = demo.DemoConfig(**{k: v for k, v in vars(ns).items() if k in fields})
-    if ns.baseline:
-        print("== unpruned baseline ==")
-        base = demo.run(dataclasses.replace(cfg, gated=False))
-        print(f"baseline test bpc {base['test_bpc']:.4f}, params {base['params_before']:,}\n")
-    print(f"== FLOP, target sparsity {cfg.target} ==")
-    demo.run(cfg)
-
-
 COMMANDS: dict[str, Callable] = {"train": train_main, "eval": eval_main, "shrink": shrink_main, "report": report_main}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*COMMANDS, "demo"):
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    if command == "demo":
-        demo_main(rest)
-        return 0
     argv_for_flags = [f"flaxprune {command}", *rest]
     saved_argv, sys.argv = sys.argv, argv_for_flags  # config_flags reads its --config.* overrides from sys.argv
     try:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flaxprune.layers import FactorizedDense, InputGatedDense
 from flaxprune.plan import Plan
 
-__all__ = ["SRUConfig", "SRULayer", "SRULanguageModel", "sru_recurrence"]
+__all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "sru_recurrence"]
 
 Carry = dict[str, jax.Array]  # {'c': [batch, n_layers, d_model] float32}
 
@@ -80,8 +80,10 @@ class SRUConfig:
         check_int("scan_unroll", self.scan_unroll, 1)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"SRUConfig: dropout={self.dropout!r} must be a float in [0, 1).")
-        if isinstance(self.highway_bias, bool) or not isinstance(self.highway_bias, (int, float)) or not math.isfinite(
-            self.highway_bias
+        if (
+            isinstance(self.highway_bias, bool)
+            or not isinstance(self.highway_bias, (int, float))
+            or not math.isfinite(self.highway_bias)
         ):
             raise ValueError(f"SRUConfig: highway_bias={self.highway_bias!r} must be a finite float.")
         for name in ("gated", "input_gated_first"):
@@ -95,7 +97,7 @@ class SRUConfig:
         """The embedding size: ``embed_dim``, or FLOP's rule when it is None."""
         if self.embed_dim is not None:
             return self.embed_dim
-        return self.vocab_size if self.vocab_size < self.d_model else self.d_model
+        return min(self.vocab_size, self.d_model)
 
 
 def sru_recurrence(

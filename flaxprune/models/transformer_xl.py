@@ -8,7 +8,7 @@ relative positional attention (Sec. 3.3, "attn_type 0")::
     A_ij = (q_i + u) . k_j  +  (q_i + v) . W_r R_{i-j}        (u = r_w_bias, v = r_r_bias)
 
 where ``R`` is the sinusoid embedding of the distance ``i - j``. FLOP (Wang
-et al., 2020, Sec. 4.2, enwik8) prunes every projection of this model: here
+et al., 2020, enwik8 experiments) prunes every projection of this model: here
 each of ``qkv``, ``r``, ``o``, ``ff_in`` and ``ff_out`` is a
 :class:`~flaxprune.FactorizedDense` built from ``config.plan``, so
 ``flaxprune.shrink(params, config)`` returns the smaller model's params and
@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -51,7 +52,7 @@ from flaxprune.plan import Plan
 
 __all__ = ["TransformerXL", "TransformerXLConfig", "rel_shift", "sinusoid_embedding"]
 
-Carry = dict[str, jax.Array]
+Carry = Mapping[str, jax.Array]  # {'mems': [batch, n_layers, mem_len, d_model], 'length': [batch] int32}
 
 _INIT_STD = 0.02  # the reference's normal init for embeddings and the r_*_bias vectors
 _LN_EPS = 1e-5  # PyTorch's LayerNorm default, as in the reference
@@ -222,6 +223,12 @@ class TransformerXL(nn.Module):
     ``layers_{i}/attn/{qkv,r,o,norm}``, ``layers_{i}/ff/{ff_in,ff_out,norm}``
     and, with ``pre_lnorm``, ``final_norm``.
 
+    The carry is ``{'mems': [batch, n_layers, mem_len, d_model], 'length':
+    [batch] int32}``: each layer's inputs over the last ``mem_len`` positions
+    (most recent last) and how many of them are real (see the module
+    docstring). ``mem_len`` is static, so the carry keeps its shapes and
+    dtypes from call to call (``jit``, ``lax.scan``).
+
     Randomness: rng ``'dropout'`` for dropout and ``'gates'`` for the gate
     samples, both only when ``deterministic=False``.
     """
@@ -263,8 +270,8 @@ class TransformerXL(nn.Module):
         cfg = self.config
         mems, length = self._check(tokens, carry)
         mems = jax.lax.stop_gradient(mems)  # [batch, n_layers, mlen, d_model]
-        batch, qlen = tokens.shape
-        mlen, klen = cfg.mem_len, cfg.mem_len + tokens.shape[1]
+        qlen = tokens.shape[1]
+        mlen, klen = cfg.mem_len, cfg.mem_len + qlen
 
         embed = nn.Embed(
             cfg.vocab_size,
@@ -309,8 +316,8 @@ class TransformerXL(nn.Module):
         cfg = self.config
         if tokens.ndim != 2:
             raise ValueError(f"TransformerXL: tokens must be [batch, time], got shape {tokens.shape}.")
-        if not isinstance(carry, dict) or set(carry) != {"mems", "length"}:
-            got = sorted(carry) if isinstance(carry, dict) else type(carry).__name__
+        if not isinstance(carry, Mapping) or set(carry) != {"mems", "length"}:
+            got = sorted(carry) if isinstance(carry, Mapping) else type(carry).__name__
             raise ValueError(
                 f"TransformerXL: carry must be {{'mems', 'length'}} from model.initial_carry(batch_size), got {got}."
             )

@@ -139,7 +139,10 @@ def reference_layer(u, x_highway, c, v_f, v_r, b_f, b_r):
 def reference_model(params, tokens, c0, cfg):
     """The whole model in numpy float64, U from the params with the eval masks."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    mask = lambda la: np.asarray(deterministic_mask(jnp.asarray(la, jnp.float32)), np.float64)  # noqa: E731
+
+    def mask(la):
+        return np.asarray(deterministic_mask(jnp.asarray(la, jnp.float32)), np.float64)
+
     x = p["embed"]["embedding"][np.asarray(tokens)]
     states = []
     for layer in range(cfg.n_layers):
@@ -189,7 +192,7 @@ def test_sru_recurrence_matches_reference():
 
 
 def test_two_halves_with_carry_equal_the_whole():
-    model, params = init()
+    _, params = init()
     run = eval_fn(TINY)
     carry = random_carry()
     whole, whole_carry = run(params, TOKENS, carry)
@@ -236,7 +239,9 @@ def test_training_mode_needs_both_rngs_and_is_a_function_of_the_keys():
     carry = model.initial_carry(BATCH)
 
     def trace(**rngs):  # tracing raises the same errors as running, without compiling
-        apply = lambda p: model.apply({"params": p}, TOKENS, carry, deterministic=False, rngs=rngs)  # noqa: E731
+        def apply(p):
+            return model.apply({"params": p}, TOKENS, carry, deterministic=False, rngs=rngs)
+
         return jax.eval_shape(apply, params)
 
     with pytest.raises(ValueError, match="'gates'"):
@@ -253,8 +258,17 @@ def test_training_mode_needs_both_rngs_and_is_a_function_of_the_keys():
 def test_gradients_reach_gates_weights_and_the_carry():
     _, params = init()
     _, (g, g_carry) = train_fn()(params, random_carry(), rng_key(7), rng_key(8))
-    for path in ("layers_0/W/log_alpha", "layers_0/W/kernel", "layers_1/W/log_alpha", "layers_1/W/P",
-                 "layers_1/W/Q", "layers_1/v_f", "layers_1/v_r", "layers_1/b_r", "embed/embedding"):
+    for path in (
+        "layers_0/W/log_alpha",
+        "layers_0/W/kernel",
+        "layers_1/W/log_alpha",
+        "layers_1/W/P",
+        "layers_1/W/Q",
+        "layers_1/v_f",
+        "layers_1/v_r",
+        "layers_1/b_r",
+        "embed/embedding",
+    ):
         leaf = g
         for key in path.split("/"):
             leaf = leaf[key]

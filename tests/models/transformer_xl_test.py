@@ -25,12 +25,10 @@ def _params(config):
     """Params of ``config``'s model with shapes from ``eval_shape`` and numpy values: no init to compile.
 
     ``log_alpha`` is spread around 2 so the eval mask keeps soft values below 1,
-    which makes the surgery check stronger. ``test_init`` runs the real init.
+    which makes the surgery check stronger. ``test_init_runs_and_matches_the_abstract_tree`` runs the real init.
     """
     model = TransformerXL(config)
-    shapes = jax.eval_shape(
-        lambda k: model.init(k, TOKENS[:, :SEG], model.initial_carry(BATCH)), jax.random.key(0)
-    )["params"]
+    shapes = jax.eval_shape(model.init, jax.random.key(0), TOKENS[:, :SEG], model.initial_carry(BATCH))["params"]
 
     def fill(path, leaf):
         name = jax.tree_util.keystr(path)
@@ -66,13 +64,19 @@ def test_shapes_dtypes_and_carry_structure():
     carry = MODEL.initial_carry(BATCH)
     chex.assert_shape(carry["mems"], (BATCH, 2, 6, 8))
     chex.assert_trees_all_equal(carry["length"], jnp.zeros((BATCH,), jnp.int32))
-    logits, new = _run(PARAMS, TOKENS[:, :4], carry)
-    chex.assert_shape(logits, (BATCH, 4, 13))
+    logits, new = _run(PARAMS, TOKENS[:, :3], carry)
+    chex.assert_shape(logits, (BATCH, 3, 13))
     assert logits.dtype == jnp.float32
     chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)  # stable under jit / scan
-    chex.assert_trees_all_equal(new["length"], jnp.full((BATCH,), 4, jnp.int32))
-    _, new = _run(PARAMS, TOKENS[:, 4:8], new)
+    chex.assert_trees_all_equal(new["length"], jnp.full((BATCH,), 3, jnp.int32))
+    # Layer 0's memory is its input, the scaled embedding, most recent last.
+    embedded = PARAMS["embed"]["embedding"][TOKENS[:, :3]] * np.sqrt(8)
+    chex.assert_trees_all_close(new["mems"][:, 0], jnp.concatenate([jnp.zeros((BATCH, 3, 8)), embedded], 1))
+    for start in (3, 6):
+        _, new = _run(PARAMS, TOKENS[:, start : start + 3], new)
     chex.assert_trees_all_equal(new["length"], jnp.full((BATCH,), 6, jnp.int32))  # capped at mem_len
+    embedded = PARAMS["embed"]["embedding"][TOKENS[:, 3:9]] * np.sqrt(8)
+    chex.assert_trees_all_close(new["mems"][:, 0], embedded, atol=1e-6)
 
 
 def test_param_paths():
@@ -138,7 +142,10 @@ def test_fresh_start_equals_no_memory_and_ignores_stale_slots():
     expected = expected[:, :SEG]  # causal: the first segment of the long call saw no memory
     fresh, _ = _run(PARAMS, TOKENS[:, :SEG])
     chex.assert_trees_all_close(fresh, expected, atol=1e-5)
-    garbage = {"mems": 5.0 * jax.random.normal(jax.random.key(7), (BATCH, 2, 6, 8)), "length": jnp.zeros(BATCH, jnp.int32)}
+    garbage = {
+        "mems": 5.0 * jax.random.normal(jax.random.key(7), (BATCH, 2, 6, 8)),
+        "length": jnp.zeros(BATCH, jnp.int32),
+    }
     stale, _ = _run(PARAMS, TOKENS[:, :SEG], garbage)
     chex.assert_trees_all_close(stale, expected, atol=1e-5)
     # Restarting one stream: row 0 starts fresh, row 1 keeps its memory.
@@ -174,38 +181,54 @@ def test_memory_is_carried():
     assert not np.allclose(logits, changed, atol=1e-4)
 
 
-def test_init_then_training_mode_needs_rngs_and_trains_gates():
-    # One layer: on CPU each random initializer and sampler costs compile time.
-    config = dataclasses.replace(TINY, n_layers=1, dropout=0.1, dropatt=0.1)
+def test_init_runs_and_matches_the_abstract_tree():
+    config = dataclasses.replace(TINY, n_layers=1)  # on CPU every random initializer costs compile time
     model, fake = _params(config)
-    carry = model.initial_carry(BATCH)
-    tokens = TOKENS[:, :SEG]
-    params = jax.jit(model.init)(jax.random.key(1), tokens, carry)["params"]
+    key = jax.random.key(1, impl="unsafe_rbg")  # compiles in half the time of threefry on CPU
+    params = jax.jit(model.init)(key, TOKENS[:, :SEG], model.initial_carry(BATCH))["params"]
     chex.assert_trees_all_equal_shapes_and_dtypes(params, fake)
     chex.assert_trees_all_equal(params["out_bias"], jnp.zeros(13))
     assert 0.005 < float(jnp.std(params["embed"]["embedding"])) < 0.05  # normal(0.02), as the reference
+
+
+def test_training_mode_needs_both_rngs():
+    model = TransformerXL(dataclasses.replace(TINY, dropout=0.1, dropatt=0.1))
+    carry, tokens = model.initial_carry(BATCH), TOKENS[:, :SEG]
+
+    def train(rngs):  # traced only: dropout sites are costly to compile on CPU, and tracing checks them all
+        return jax.eval_shape(
+            lambda p: model.apply({"params": p}, tokens, carry, deterministic=False, rngs=rngs), PARAMS
+        )
+
     with pytest.raises(ValueError, match="gates"):
-        model.apply({"params": params}, tokens, carry, deterministic=False, rngs={"dropout": jax.random.key(0)})
+        train({"dropout": jax.random.key(0)})
     with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
-        model.apply({"params": params}, tokens, carry, deterministic=False, rngs={"gates": jax.random.key(0)})
+        train({"gates": jax.random.key(0)})
+    logits, new = train({"gates": jax.random.key(0), "dropout": jax.random.key(1)})
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
+    assert logits.shape == (BATCH, SEG, 13) and logits.dtype == jnp.float32
+
+
+def test_training_gradients_reach_every_gate():
+    model = TransformerXL(dataclasses.replace(TINY, n_layers=1))
+    _, params = _params(model.config)
+    carry, tokens = model.initial_carry(BATCH), TOKENS[:, :SEG]
 
     @jax.jit
     def grads(params, key):
-        g, d = jax.random.split(key)
-
         def loss(p):
-            logits, _ = model.apply({"params": p}, tokens, carry, deterministic=False, rngs={"gates": g, "dropout": d})
+            logits, _ = model.apply({"params": p}, tokens, carry, deterministic=False, rngs={"gates": key})
             return _loss(logits, tokens)
 
         return jax.grad(loss)(params)
 
     g = grads(params, jax.random.key(3))
-    for i in range(1):
-        for path in [("attn", "qkv"), ("attn", "r"), ("attn", "o"), ("ff", "ff_in"), ("ff", "ff_out")]:
-            la = g[f"layers_{i}"][path[0]][path[1]]["log_alpha"]
-            assert np.all(np.isfinite(la)) and np.any(la != 0), (i, path)
+    for sub, name in [("attn", "qkv"), ("attn", "r"), ("attn", "o"), ("ff", "ff_in"), ("ff", "ff_out")]:
+        la = g["layers_0"][sub][name]["log_alpha"]
+        assert np.all(np.isfinite(la)) and np.any(la != 0), (sub, name)
     assert np.any(g["r_r_bias"] != 0) and np.any(g["r_w_bias"] != 0)
     chex.assert_trees_all_equal(grads(params, jax.random.key(4)), grads(params, jax.random.key(4)))
+    assert not np.allclose(g["out_bias"], grads(params, jax.random.key(4))["out_bias"])  # the key matters
 
 
 def test_shrink_equals_gated_model_in_eval_mode():
@@ -244,6 +267,15 @@ def test_ungated_and_explicit_rank():
     _, params = _params(dataclasses.replace(TINY, gated=False, rank=3))
     assert "log_alpha" not in params["layers_0"]["attn"]["qkv"]
     chex.assert_shape([params["layers_0"]["ff"]["ff_in"]["P"], params["layers_1"]["attn"]["o"]["Q"]], [(8, 3), (3, 8)])
+
+
+def test_bfloat16_compute_keeps_float32_logits_and_a_stable_carry():
+    model = TransformerXL(dataclasses.replace(TINY, dtype=jnp.bfloat16))
+    carry = model.initial_carry(BATCH)
+    assert carry["mems"].dtype == jnp.bfloat16
+    logits, new = jax.eval_shape(lambda p: model.apply({"params": p}, TOKENS[:, :SEG], carry), PARAMS)
+    assert logits.dtype == jnp.float32
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
 
 
 @pytest.mark.parametrize(

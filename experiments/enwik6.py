@@ -1,0 +1,124 @@
+"""sru_small on the 1 MB enwik8 prefix: dense vs FLOP at 50% and 80%, one results table.
+
+    python experiments/enwik6.py --workdir=/tmp/enwik6 [--data=../shared/data/lm] [--steps=3000]
+
+Trains the three runs (each resumable: rerun the command after an
+interruption), then loads the dense model and both reduced models into one
+process and times them side by side on the same batch, so the speedups are
+ratios measured together. Writes ``experiments/results/enwik6_sru_small.{md,json}``.
+The data folder must hold ``enwik6`` (the first 10^6 bytes of enwik8; split
+90/5/5 into train/valid/test by the Enwik8 builder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RUNS = (("dense", None), ("flop_50", 0.5), ("flop_80", 0.8))
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def config_for(target: float | None, data: pathlib.Path, steps: int):
+    c = load_config("sru_small")
+    c.data.name = "enwik8"
+    c.data.max_bytes = None
+    c.data.manual_dir = str(data)
+    c.train.steps = steps
+    c.prune.target_warmup = steps * 2 // 5
+    c.prune.enabled = target is not None
+    c.prune.target = target or 0.0
+    return c
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lm"))
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    args = parser.parse_args(argv)
+    data = pathlib.Path(args.data)
+    if not (data / "enwik6").is_file():
+        print(f"{data / 'enwik6'} is missing: pass --data=DIR holding the 1 MB enwik8 prefix 'enwik6'.")
+        return 2
+
+    from flaxprune.training import inspect
+    from flaxprune.training.finalize import load_reduced, time_forward
+    from flaxprune.training.loop import train
+
+    workdir = pathlib.Path(args.workdir)
+    summaries = {}
+    for name, target in RUNS:
+        print(f"== {name} ==", flush=True)
+        summary = train(config_for(target, data, args.steps), workdir / name)
+        if summary["status"] != "done":
+            return 1
+        summaries[name] = summary
+
+    # Side by side: the dense model and the reduced models, same batch, same process.
+    c = config_for(None, data, args.steps)
+    tokens = np.random.default_rng(0).integers(0, 256, (c.train.eval_batch_size, c.train.seq_len)).astype(np.int32)
+    dense_model, dense_params, _, _ = inspect.load_run(workdir / "dense")
+    models = {"dense": (dense_model, jax.device_get(dense_params))}
+    for name, target in RUNS[1:]:
+        model, params, _ = load_reduced(workdir / name / "reduced")
+        models[name] = (model, jax.device_get(params))
+    seconds = {name: time_forward(m, p, tokens, repeats=30) for name, (m, p) in models.items()}
+
+    rows = []
+    for name, target in RUNS:
+        s = summaries[name]
+        pruned = target is not None
+        rows.append(
+            {
+                "run": name,
+                "target": target,
+                "hard_sparsity": s.get("hard_sparsity"),
+                "params": s["reduced_params"] if pruned else s["params"],
+                "valid_bpc": s["reduced_valid_bpc"] if pruned else s["valid_bpc"],
+                "test_bpc": s["reduced_test_bpc"] if pruned else s["test_bpc"],
+                "train_tokens_per_s": s["train_tokens_per_s"],
+                "ms_per_batch": seconds[name] * 1e3,
+                "speedup_vs_dense": seconds["dense"] / seconds[name],
+            }
+        )
+    results = pathlib.Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/enwik6.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (results / "enwik6_sru_small.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    lines = [
+        "# sru_small on enwik6 (first 1 MB of enwik8; 90/5/5 split)",
+        "",
+        f"Made by `{command}` ({args.steps} steps of 16 x 128 bytes each; CPU, {jax.device_count()} device(s)).",
+        f"Inference: batch {tokens.shape[0]} x {tokens.shape[1]} bytes, median of 30, measured side by side.",
+        "",
+        "| run | hard sparsity | params | valid bpc | test bpc | train tokens/s | ms/batch | speedup vs dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sparsity = "-" if r["hard_sparsity"] is None else f"{r['hard_sparsity']:.3f} (target {r['target']})"
+        lines.append(
+            f"| {r['run']} | {sparsity} | {r['params']:,} | {r['valid_bpc']:.3f} | {r['test_bpc']:.3f} | "
+            f"{r['train_tokens_per_s']:,.0f} | {r['ms_per_batch']:.1f} | x{r['speedup_vs_dense']:.2f} |"
+        )
+    (results / "enwik6_sru_small.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
