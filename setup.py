@@ -13,6 +13,11 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1.0,<3",
     "numpy>=1.26,<3",
     "tqdm>=4.66,<5",
+    "array_record>=0.5,<1",
+    "tokenizers>=0.19,<1",
+    "safetensors>=0.4,<1",
+    "scikit-learn>=1.3,<2",
+    "scipy>=1.11,<2",
 ]
 
 setup(

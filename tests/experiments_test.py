@@ -1,6 +1,5 @@
 """Every experiment config validates and builds; the CLI runs a few steps end to end."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -11,16 +10,13 @@ import pytest
 import flaxprune as fp
 from flaxprune import cli
 from flaxprune.models import build_model
-from flaxprune.training.config import validate
+from flaxprune.training.config import load_config_file, validate
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(CONFIGS / f"{name}.py")
 
 
 @pytest.mark.parametrize(

@@ -9,20 +9,13 @@ warmup, clip 0.3, weight decay 1e-7, target 0.7 reached over the warmup).
 Set ``--config.prune.enabled=False`` for the unpruned baseline.
 """
 
-import importlib.util
 import pathlib
 
-
-def _base():
-    path = pathlib.Path(__file__).with_name("sru_small.py")
-    spec = importlib.util.spec_from_file_location("sru_small", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from flaxprune.training.config import load_config_file
 
 
 def get_config():
-    c = _base()
+    c = load_config_file(pathlib.Path(__file__).with_name("sru_small.py"))
     c.model.d_model = 3056
     c.model.n_layers = 6
     c.model.rank = 512

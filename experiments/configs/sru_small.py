@@ -17,6 +17,8 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
+    c.task = "lm"  # 'lm' (language modeling) or 'glue'
+
     c.model = ml_collections.ConfigDict()
     c.model.name = "sru"  # 'sru' or 'txl'
     c.model.d_model = 256  # hidden size of every SRU layer
@@ -41,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500  # atomic orbax checkpoint
     c.train.keep_checkpoints = 2  # keep the newest N
     c.train.eval_batch_size = 16  # streams for evaluation
+    c.train.speed_batch_size = 64  # streams for the final inference timing (batch x seq_len tokens)
     c.train.num_devices = 0  # 0 = all devices
     c.train.seed = 0
 

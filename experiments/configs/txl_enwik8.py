@@ -7,20 +7,13 @@ About 41M parameters; segments and memory of 512 bytes, batch 22 (TXL's
 setting), cosine schedule from 2.5e-4 over 400k steps, FLOP to 0.7 sparsity.
 """
 
-import importlib.util
 import pathlib
 
-
-def _base():
-    path = pathlib.Path(__file__).with_name("txl_small.py")
-    spec = importlib.util.spec_from_file_location("txl_small", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from flaxprune.training.config import load_config_file
 
 
 def get_config():
-    c = _base()
+    c = load_config_file(pathlib.Path(__file__).with_name("txl_small.py"))
     c.model.update(n_layers=12, n_heads=8, d_model=512, d_head=64, d_inner=2048, mem_len=512, dropout=0.1)
     c.data.name = "enwik8"
     c.data.max_bytes = None

@@ -7,20 +7,13 @@
 rank. A few minutes on 2 CPU cores.
 """
 
-import importlib.util
 import pathlib
 
-
-def _base():
-    path = pathlib.Path(__file__).with_name("sru_small.py")
-    spec = importlib.util.spec_from_file_location("sru_small", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from flaxprune.training.config import load_config_file
 
 
 def get_config():
-    c = _base()
+    c = load_config_file(pathlib.Path(__file__).with_name("sru_small.py"))
     c.model = {
         "name": "txl",
         "n_layers": 2,  # transformer layers

@@ -52,9 +52,7 @@ class CheckpointStore:
         step = self.latest_step() if step is None else step
         out = self._manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
         )
         return out["state"], dict(out["meta"])
 
@@ -64,6 +62,4 @@ class CheckpointStore:
 
 def abstract_like(tree: Any) -> Any:
     """``ShapeDtypeStruct`` leaves (with shardings) for restoring into ``tree``'s layout."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
-    )
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 from typing import Any
 
 import optax
 
 from flaxprune.lagrangian import noam_schedule
 
-__all__ = ["SCHEDULES", "learning_rate_schedule", "validate"]
+__all__ = ["SCHEDULES", "learning_rate_schedule", "load_config_file", "validate"]
 
 SCHEDULES = ("constant", "noam", "linear_warmup", "cosine")
 SECTIONS = ("model", "data", "train", "optim", "prune")
@@ -28,6 +30,8 @@ def validate(config: Any) -> None:
     for name in ("batch_size", "seq_len", "steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         _positive_int("train", name, t[name])
     _positive_int("train", "eval_batch_size", t.eval_batch_size)
+    if "speed_batch_size" in t:
+        _positive_int("train", "speed_batch_size", t.speed_batch_size)
     _positive_int("train", "num_devices", t.num_devices, minimum=0)
     if o.schedule not in SCHEDULES:
         raise ValueError(f"config.optim.schedule={o.schedule!r} is not a schedule; accepted: {list(SCHEDULES)}.")
@@ -56,3 +60,14 @@ def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:
         warmup = min(optim.warmup_steps, total_steps - 1)
         return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, max(1, warmup), total_steps)
     return optax.linear_schedule(0.0, optim.learning_rate, max(1, optim.warmup_steps))
+
+
+def load_config_file(path: str | pathlib.Path) -> Any:
+    """``get_config()`` of an experiment config file (how variants build on a base config)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_config_file: no config file at {path}.")
+    spec = importlib.util.spec_from_file_location(f"flaxprune_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
 from flaxprune.data.batching import batchify
 from flaxprune.training import sharding
-from flaxprune.training.steps import LOG2E, make_eval_step
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "make_eval_step"]
+
+LOG2E = 1.4426950408889634  # bits per nat
+
+
+def make_eval_step(model: Any) -> Callable[..., tuple[jax.Array, Any]]:
+    """``eval_step(params, carry, x, y) -> (sum of nll in nats, new carry)`` with deterministic masks."""
+
+    def eval_step(params, carry, x, y):
+        logits, new_carry = model.apply({"params": params}, x, carry, deterministic=True)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        return jnp.sum(nll), new_carry
+
+    return eval_step
 
 
 class Evaluator:

@@ -16,7 +16,6 @@ from flaxprune.size import hard_sparsity, prunable_params, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore
-from flaxprune.training.evaluate import Evaluator
 
 __all__ = ["finalize", "load_reduced", "save_reduced", "time_forward"]
 
@@ -49,62 +48,57 @@ def load_reduced(directory: str | pathlib.Path) -> tuple[Any, Any, Any]:
     return model, params, config
 
 
-def time_forward(model: Any, params: Any, tokens: np.ndarray, repeats: int = 10) -> float:
-    """Median seconds of one jitted deterministic forward pass on ``tokens: [batch, time]``."""
-    carry = model.initial_carry(tokens.shape[0])
-    fn = jax.jit(lambda p, x, c: model.apply({"params": p}, x, c, deterministic=True)[0])
-    jax.block_until_ready(fn(params, tokens, carry))
+def time_forward(model: Any, params: Any, inputs: tuple, repeats: int = 10) -> float:
+    """Median seconds of one jitted deterministic forward pass ``model.apply(params, *inputs)``."""
+    fn = jax.jit(lambda p, args: model.apply({"params": p}, *args, deterministic=True))
+    jax.block_until_ready(fn(params, inputs))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, tokens, carry))
+        jax.block_until_ready(fn(params, inputs))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
-def finalize(run: Any, params: Any, evaluator: Evaluator, log: Callable[[str], None] = print) -> dict[str, Any]:
+def _fmt(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def finalize(run: Any, params: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates the final params; when pruning, shrinks, saves, reloads and re-evaluates the reduced model."""
-    cfg, corpus = run.config, run.corpus
+    task = run.task
     params = jax.device_get(params)
-    summary: dict[str, Any] = {
-        "params": total_params(params),
-        "valid_bpc": evaluator.bpc(params, corpus.valid),
-        "test_bpc": evaluator.bpc(params, corpus.test),
-    }
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, corpus.vocab_size, (cfg.train.eval_batch_size, cfg.train.seq_len)).astype(np.int32)
-    summary["seconds_per_batch"] = time_forward(run.model, params, tokens)
+    gated_metrics = {**task.evaluate(params, "valid"), **task.evaluate(params, "test")}
+    inputs = task.speed_inputs()
+    summary: dict[str, Any] = {"params": total_params(params), **gated_metrics}
+    summary["seconds_per_batch"] = time_forward(task.model, params, inputs)
     if not run.prune:
-        log(
-            f"\nfinal: params {summary['params']:,} | valid bpc {summary['valid_bpc']:.4f} | "
-            f"test bpc {summary['test_bpc']:.4f}"
-        )
+        log(f"\nfinal: params {summary['params']:,} | {_fmt(gated_metrics)}")
         return summary
     gate = run.model_config.plan.gate
     small, small_config = shrink(params, run.model_config)
     save_reduced(run.workdir / "reduced", small, small_config)
     model, small, _ = load_reduced(run.workdir / "reduced")  # prove it reloads without the original config
-    reduced_eval = Evaluator(model, run.mesh, cfg.train.eval_batch_size, cfg.train.seq_len)
     small = jax.device_put(small, jax.tree.map(lambda _: sharding.replicated(run.mesh), small))
+    reduced_task = task.with_model(model, small_config)
+    reduced_metrics = {**reduced_task.evaluate(small, "valid"), **reduced_task.evaluate(small, "test")}
     summary.update(
         prunable_params=prunable_params(params),
         hard_sparsity=float(hard_sparsity(params, gate)),
-        target=float(cfg.prune.target),
+        target=float(run.config.prune.target),
         reduced_params=total_params(small),
-        reduced_valid_bpc=reduced_eval.bpc(small, corpus.valid),
-        reduced_test_bpc=reduced_eval.bpc(small, corpus.test),
-        reduced_seconds_per_batch=time_forward(model, small, tokens),
+        **{f"reduced_{k}": v for k, v in reduced_metrics.items()},
+        reduced_seconds_per_batch=time_forward(model, small, inputs),
     )
     summary["speedup"] = summary["seconds_per_batch"] / summary["reduced_seconds_per_batch"]
+    shape = " x ".join(str(d) for d in np.shape(inputs[0]))
     log(
-        "\n"
-        f"{'':<22}{'params':>12}{'valid bpc':>11}{'test bpc':>10}{'ms/batch':>10}\n"
-        f"{'gated (eval mask)':<22}{summary['params']:>12,}{summary['valid_bpc']:>11.4f}{summary['test_bpc']:>10.4f}"
-        f"{summary['seconds_per_batch'] * 1e3:>10.1f}\n"
-        f"{'reduced':<22}{summary['reduced_params']:>12,}{summary['reduced_valid_bpc']:>11.4f}"
-        f"{summary['reduced_test_bpc']:>10.4f}{summary['reduced_seconds_per_batch'] * 1e3:>10.1f}\n"
+        f"\n{'':<20}{'params':>12}  metrics\n"
+        f"{'gated (eval mask)':<20}{summary['params']:>12,}  {_fmt(gated_metrics)}  "
+        f"{summary['seconds_per_batch'] * 1e3:.1f} ms/batch\n"
+        f"{'reduced':<20}{summary['reduced_params']:>12,}  {_fmt(reduced_metrics)}  "
+        f"{summary['reduced_seconds_per_batch'] * 1e3:.1f} ms/batch\n"
         f"hard sparsity {summary['hard_sparsity']:.3f} (target {summary['target']}), inference speedup "
-        f"x{summary['speedup']:.2f} (batch {tokens.shape[0]} x {tokens.shape[1]} tokens), reduced model in "
-        f"{run.workdir / 'reduced'}"
+        f"x{summary['speedup']:.2f} (batch {shape}), reduced model in {run.workdir / 'reduced'}"
     )
     return summary

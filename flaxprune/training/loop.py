@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import pathlib
 import signal
 import time
@@ -27,22 +26,17 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from flaxprune.data.batching import StreamBatcher
-from flaxprune.data.corpus import load_corpus
-from flaxprune.gates import GateConfig
 from flaxprune.lagrangian import flop_optimizer, target_schedule
-from flaxprune.models import build_model
-from flaxprune.plan import Plan
 from flaxprune.serialization import config_to_json
-from flaxprune.size import hard_sparsity, expected_sparsity
+from flaxprune.size import expected_sparsity, hard_sparsity
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore
 from flaxprune.training.config import learning_rate_schedule, validate
-from flaxprune.training.evaluate import Evaluator
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
 from flaxprune.training.state import TrainState, init_state
 from flaxprune.training.steps import make_train_step
+from flaxprune.training.tasks import build_task
 
 __all__ = ["NonFiniteLossError", "Run", "prepare", "train"]
 
@@ -57,9 +51,7 @@ class Run:
 
     config: Any
     workdir: pathlib.Path
-    corpus: Any
-    model: Any
-    model_config: Any
+    task: Any
     mesh: Any
     tx: Any
     lr_fn: Callable
@@ -69,6 +61,10 @@ class Run:
     @property
     def prune(self) -> bool:
         return bool(self.config.prune.enabled)
+
+    @property
+    def model_config(self) -> Any:
+        return self.task.model_config
 
 
 def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
@@ -85,16 +81,8 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
     mesh = sharding.make_mesh(config.train.num_devices or None)
     sharding.check_divisible("config.train.batch_size", config.train.batch_size, mesh)
     sharding.check_divisible("config.train.eval_batch_size", config.train.eval_batch_size, mesh)
-    data = {k: v for k, v in dict(config.data).items() if v is not None}
-    data["data_dir"] = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
-    corpus = load_corpus(**data)
-    fields = dict(config.model)
-    name = fields.pop("name")
-    gate = GateConfig(**dict(config.prune.gate)) if "gate" in config.prune else GateConfig()
-    model, model_config = build_model(
-        name, **fields, vocab_size=corpus.vocab_size, gated=bool(config.prune.enabled), plan=Plan(gate=gate)
-    )
-    model_json = config_to_json(model_config)
+    task = build_task(config, mesh)
+    model_json = config_to_json(task.model_config)
     ckpt_dir = workdir / "checkpoints"
     if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         store = CheckpointStore(ckpt_dir, config.train.keep_checkpoints)
@@ -116,7 +104,7 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
         weight_decay=o.weight_decay,
     )
     target_fn = target_schedule(config.prune.target if config.prune.enabled else 0.0, config.prune.target_warmup)
-    return Run(config, workdir, corpus, model, model_config, mesh, tx, lr_fn, target_fn, model_json)
+    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
 
 
 def _state_shardings(run: Run, abstract: TrainState) -> TrainState:
@@ -131,10 +119,8 @@ def _create_state_fn(run: Run) -> Callable[[], TrainState]:
     def create():
         root = jax.random.key(cfg.train.seed)
         init_key, train_key = jax.random.split(root)
-        tokens = np.zeros((1, cfg.train.seq_len), np.int32)
-        carry1 = run.model.initial_carry(1)
-        params = run.model.init({"params": init_key}, tokens, carry1, deterministic=True)["params"]
-        return init_state(params, run.tx, train_key, run.model.initial_carry(cfg.train.batch_size))
+        params = run.task.init_params(init_key)
+        return init_state(params, run.tx, train_key, run.task.initial_carry(cfg.train.batch_size))
 
     return create
 
@@ -192,19 +178,15 @@ def train(
     create = _create_state_fn(run)
     abstract = jax.eval_shape(create)
     state_sh = _state_shardings(run, abstract)
-    batcher = StreamBatcher(
-        run.corpus.train,
-        cfg.train.batch_size,
-        cfg.train.seq_len,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    best_valid = float("inf")
+    task = run.task
+    batcher = task.train_batches(jax.process_index(), jax.process_count())
+    sign = 1.0 if task.higher_is_better else -1.0  # best_score is kept as "higher is better"
+    best_score = float("-inf")
     if store.latest_step() is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
         state, meta = store.restore(target)
         batcher.restore(meta["data"])
-        best_valid = meta.get("best_valid", best_valid)
+        best_score = meta.get("best_score", best_score)
         log(f"resumed from step {int(state.step)} in {store.directory}")
     else:
         state = jax.jit(create, out_shardings=state_sh)()
@@ -215,7 +197,7 @@ def train(
             log(f"initialised from {cfg.init_from}")
 
     step_fn = make_train_step(
-        run.model,
+        task,
         run.tx,
         prune=run.prune,
         target_fn=run.target_fn,
@@ -223,13 +205,13 @@ def train(
         learning_rate_fn=run.lr_fn,
     )
     repl = sharding.replicated(mesh)
-    batch_sh = {"x": sharding.batch_sharding(mesh), "y": sharding.batch_sharding(mesh), "reset": repl}
+    spec = task.batch_spec()
+    batch_sh = {k: sharding.batch_sharding(mesh) if split else repl for k, split in spec.items()}
     train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-    evaluator = Evaluator(run.model, mesh, cfg.train.eval_batch_size, cfg.train.seq_len)
     gate = run.model_config.plan.gate
 
     def meta() -> dict[str, Any]:
-        return {"model_config": run.model_json, "data": batcher.state(), "best_valid": best_valid}
+        return {"model_config": run.model_json, "data": batcher.state(), "best_score": best_score}
 
     def save(store_: CheckpointStore, state_: TrainState) -> None:
         if not bool(state_.finite):
@@ -241,29 +223,24 @@ def train(
         store_.save(int(state_.step), state_, meta())
 
     start_step = int(state.step)
-    tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    examples_per_step = cfg.train.batch_size
     bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not progress, dynamic_ncols=True, unit="step")
-    t_last, s_last, tok_s = time.perf_counter(), start_step, float("nan")
+    t_last, s_last, rate = time.perf_counter(), start_step, float("nan")
     status = "done"
     with _preemption_flag() as flag:
         for step in range(start_step, cfg.train.steps):
-            segment = next(batcher)
-            batch = {
-                "x": sharding.put_batch(segment.x.astype(np.int32), mesh),
-                "y": sharding.put_batch(segment.y.astype(np.int32), mesh),
-                "reset": np.asarray(segment.new_epoch),
-            }
+            host = next(batcher)
+            batch = {k: sharding.put_batch(v, mesh) if spec[k] else np.asarray(v) for k, v in host.items()}
             state, metrics = train_step(state, batch)
             done = step + 1
             bar.update(1)
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 m = to_python(metrics)
                 now = time.perf_counter()
-                tok_s = (done - s_last) * tokens_per_step / max(now - t_last, 1e-9)
+                rate = (done - s_last) * examples_per_step / max(now - t_last, 1e-9)
                 t_last, s_last = now, done
-                m["tokens_per_s"] = tok_s
+                m["examples_per_s"] = rate
                 writer.write(done, "train", m)
-                bar.set_postfix(bpc=f"{m['bpc']:.3f}", s=f"{m['expected_sparsity']:.3f}", t=f"{m['target']:.3f}")
                 if not bool(state.finite):
                     bar.close()
                     raise NonFiniteLossError(
@@ -271,16 +248,20 @@ def train(
                         f"checkpoint (step {store.latest_step()}) in {store.directory} is intact. Lower "
                         "config.optim.learning_rate or config.optim.clip_norm, then resume."
                     )
+                bar.set_postfix(loss=f"{m['loss']:.3f}", s=f"{m['expected_sparsity']:.3f}", t=f"{m['target']:.3f}")
             if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                ev = {"valid_bpc": evaluator.bpc(state.params, run.corpus.valid)}
+                ev = task.evaluate(state.params, "valid")
                 if run.prune:
                     ev["hard_sparsity"] = float(hard_sparsity(state.params, gate))
                     ev["expected_sparsity"] = float(expected_sparsity(state.params, gate))
                     ev["target"] = float(run.target_fn(done))
                 writer.write(done, "eval", ev)
+                train_part = ", ".join(
+                    f"{k} {float(metrics[k]):.4f}" for k in metrics if k in ("loss", "bpc", "accuracy")
+                )
                 log(
-                    f"step {done}: valid bpc (eval mask) {ev['valid_bpc']:.4f} | train bpc (sampled gates) "
-                    f"{float(metrics['bpc']):.4f}"
+                    f"step {done}: {task.score_name} (eval mask) {ev[task.score_name]:.4f} | train (sampled gates) "
+                    f"{train_part}"
                     + (
                         f" | sparsity hard {ev['hard_sparsity']:.3f} expected {ev['expected_sparsity']:.3f} "
                         f"target {ev['target']:.3f} | lambda {float(metrics['lambda_1']):+.3f} "
@@ -288,11 +269,11 @@ def train(
                         if run.prune
                         else ""
                     )
-                    + f" | {tok_s:,.0f} tokens/s"
+                    + f" | {rate:,.1f} sequences/s"
                 )
                 at_target = not run.prune or abs(ev["hard_sparsity"] - cfg.prune.target) <= cfg.prune.best_tolerance
-                if at_target and ev["valid_bpc"] < best_valid:
-                    best_valid = ev["valid_bpc"]
+                if at_target and sign * ev[task.score_name] > best_score:
+                    best_score = sign * ev[task.score_name]
                     save(best_store, state)
             if on_step is not None:
                 on_step(done)
@@ -318,7 +299,7 @@ def train(
         final_params, source = best_state.params, f"best (step {int(best_state.step)})"
     store.close()
     best_store.close()
-    summary = finalize(run, final_params, evaluator, log=log)
-    summary.update(status="done", step=int(state.step), final_params_from=source, train_tokens_per_s=tok_s)
+    summary = finalize(run, final_params, log=log)
+    summary.update(status="done", step=int(state.step), final_params_from=source, train_sequences_per_s=rate)
     (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary

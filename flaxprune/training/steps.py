@@ -1,6 +1,6 @@
-"""The jitted train and eval steps of a FLOP language model.
+"""The jitted train step, for any :class:`~flaxprune.training.task.Task`.
 
-Loss = cross-entropy + ``lambda_1 (s - t) + lambda_2 (s - t)^2`` (Wang et al.,
+Loss = task loss + ``lambda_1 (s - t) + lambda_2 (s - t)^2`` (Wang et al.,
 2020, Eq. 6), minimised over weights and gates and maximised over the
 multipliers by one combined optimizer. Randomness is explicit: the step's key
 is ``fold_in(root, step)``, split into the ``dropout`` and ``gates`` streams,
@@ -9,7 +9,6 @@ so a resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,22 +21,11 @@ from flaxprune.lagrangian import penalty
 from flaxprune.size import expected_sparsity
 from flaxprune.training.state import TrainState
 
-__all__ = ["make_eval_step", "make_train_step", "token_nll"]
-
-LOG2E = 1.0 / math.log(2.0)
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-token cross-entropy in nats, ``[batch, time]``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-
-
-def _reset(carry: Any, zeros: Any, reset: jax.Array) -> Any:
-    return jax.tree.map(lambda c, z: jnp.where(reset, z, c), carry, zeros)
+__all__ = ["make_train_step"]
 
 
 def make_train_step(
-    model: Any,
+    task: Any,
     tx: optax.GradientTransformation,
     *,
     prune: bool,
@@ -48,48 +36,34 @@ def make_train_step(
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
     Args:
-      model: a language model module (``apply(variables, tokens, carry,
-        deterministic)`` -> ``(logits, carry)``, ``initial_carry(batch)``).
+      task: supplies ``loss(params, batch, carry, rngs)``.
       tx: the combined optimizer (``flop_optimizer``).
       prune: add the Lagrangian penalty (False: plain training).
       target_fn: step -> target sparsity.
       gate: the gates' hyperparameters (for the expected sparsity).
       learning_rate_fn: optional schedule, reported in the metrics.
-
-    The batch is ``{'x': [B, T] int32, 'y': [B, T] int32, 'reset': [] bool}``;
-    ``reset`` zeroes the carried state (start of an epoch).
     """
 
-    def loss_fn(trainable, carry, x, y, dropout_key, gates_key, step):
-        logits, new_carry = model.apply(
-            {"params": trainable["params"]},
-            x,
-            carry,
-            deterministic=False,
-            rngs={"dropout": dropout_key, "gates": gates_key},
-        )
-        ce = jnp.mean(token_nll(logits, y))
+    def loss_fn(trainable, carry, batch, rngs, step):
+        loss, (metrics, new_carry) = task.loss(trainable["params"], batch, carry, rngs)
         if not prune:
             zero = jnp.zeros((), jnp.float32)
-            return ce, (ce, new_carry, zero, zero)
+            return loss, (loss, metrics, new_carry, zero, zero)
         s = expected_sparsity(trainable["params"], gate)
         t = target_fn(step)
-        return ce + penalty(s, t, trainable["lagrangian"]), (ce, new_carry, s, t)
+        return loss + penalty(s, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        x, y = batch["x"], batch["y"]
         dropout_key, gates_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        carry = _reset(state.carry, model.initial_carry(x.shape[0]), batch["reset"])
-        carry = jax.lax.stop_gradient(carry)  # truncated backprop through time
-        grads, (ce, new_carry, s, t) = jax.grad(loss_fn, has_aux=True)(
-            state.trainable, carry, x, y, dropout_key, gates_key, state.step
+        rngs = {"dropout": dropout_key, "gates": gates_key}
+        grads, (loss, task_metrics, new_carry, s, t) = jax.grad(loss_fn, has_aux=True)(
+            state.trainable, state.carry, batch, rngs, state.step
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
-        finite = jnp.isfinite(ce)
         metrics = {
-            "loss": ce,
-            "bpc": ce * LOG2E,
+            "loss": loss,
+            **task_metrics,
             "expected_sparsity": s,
             "target": t,
             "lambda_1": trainable["lagrangian"]["lambda_1"],
@@ -103,18 +77,8 @@ def make_train_step(
             trainable=trainable,
             opt_state=opt_state,
             carry=new_carry,
-            finite=state.finite & finite,
+            finite=state.finite & jnp.isfinite(loss),
         )
         return new_state, metrics
 
     return train_step
-
-
-def make_eval_step(model: Any) -> Callable[..., tuple[jax.Array, Any]]:
-    """``eval_step(params, carry, x, y) -> (sum of nll in nats, new carry)`` with deterministic masks."""
-
-    def eval_step(params, carry, x, y):
-        logits, new_carry = model.apply({"params": params}, x, carry, deterministic=True)
-        return jnp.sum(token_nll(logits, y)), new_carry
-
-    return eval_step

@@ -11,17 +11,13 @@ import numpy as np
 import pytest
 
 from flaxprune.training import inspect, loop
+from flaxprune.training.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_config(**overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sru_small", ROOT / "experiments/configs/sru_small.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_config_file(ROOT / "experiments/configs/sru_small.py")
     c.model.d_model, c.model.n_layers, c.model.rank = 16, 2, 4
     c.data.max_bytes = 20_000
     c.train.update(batch_size=4, seq_len=16, steps=12, log_every=2, eval_every=6, checkpoint_every=4)
@@ -113,7 +109,7 @@ def test_checkpoint_of_another_model_is_refused_before_anything_changes(finished
     [
         ({"prune.target": 1.0}, r"config.prune.target=1.0 must be in \[0, 1\)"),
         ({"train.seq_len": 0}, r"config.train.seq_len=0"),
-        ({"optim.schedule": "cosine"}, r"config.optim.schedule='cosine'"),
+        ({"optim.schedule": "rsqrt"}, r"config.optim.schedule='rsqrt'"),
         ({"model.name": "lstm"}, r"model.name='lstm' is not a model"),
     ],
 )

@@ -1,0 +1,48 @@
+"""What the training loop needs from a kind of experiment.
+
+The loop (:mod:`flaxprune.training.loop`) knows models only through a
+:class:`Task`: language modeling (:mod:`flaxprune.training.lm_task`) carries
+a recurrent state across batches and scores bits per token; GLUE
+classification (:mod:`flaxprune.training.glue_task`) has no carry and scores
+the task's GLUE metric. Everything else (the combined optimizer, the
+Lagrangian, sharding, checkpoints, preemption, shrink) is shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+
+__all__ = ["Task"]
+
+
+class Task(Protocol):
+    model: Any  # the Linen module being trained
+    model_config: Any  # its frozen dataclass config (has `plan` and `gated`)
+    score_name: str  # the validation metric that picks the best checkpoint, e.g. 'valid_bpc'
+    higher_is_better: bool
+
+    def init_params(self, key: jax.Array) -> Any:
+        """Fresh params of the model."""
+
+    def initial_carry(self, batch_size: int) -> Any:
+        """State carried from batch to batch (batch-leading arrays); ``{}`` when there is none."""
+
+    def train_batches(self, process_index: int, process_count: int) -> Any:
+        """An endless iterator of host-local batches (dicts of numpy arrays) with ``state()``/``restore()``."""
+
+    def batch_spec(self) -> dict[str, bool]:
+        """For each batch entry: True if it is split along the batch axis, False if replicated."""
+
+    def loss(self, params: Any, batch: dict, carry: Any, rngs: dict) -> tuple[jax.Array, tuple[dict, Any]]:
+        """``(loss, (metrics, new_carry))`` in training mode (traced inside the jitted step)."""
+
+    def evaluate(self, params: Any, split: str) -> dict[str, float]:
+        """Metrics of ``split`` ('valid' or 'test') with deterministic masks; 'valid' includes ``score_name``."""
+
+    def speed_inputs(self) -> tuple:
+        """Positional inputs of ``model.apply`` for timing inference."""
+
+    def with_model(self, model: Any, model_config: Any) -> "Task":
+        """The same task around another model (the reduced one)."""
