@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4,<1",
     "scikit-learn>=1.3,<2",
     "scipy>=1.11,<2",
+    "threadpoolctl>=3.1,<4",
 ]
 
 setup(

@@ -48,14 +48,15 @@ def train_main(argv: list[str] | None = None) -> dict:
     return train(_CONFIG.value, _WORKDIR.value)
 
 
-def eval_main() -> float:
-    """``flaxprune eval``: bits per token of a run's newest checkpoint (or reduced model) on a split."""
+def eval_main() -> dict:
+    """``flaxprune eval``: the task's metrics of a run's newest checkpoint (or reduced model) on a split."""
     _require(workdir=_WORKDIR.value)
     from flaxprune.training import inspect
 
-    bpc = inspect.evaluate_run(_WORKDIR.value, _SPLIT.value, reduced=_REDUCED.value)
-    print(f"{_SPLIT.value} bpc: {bpc:.4f}")
-    return bpc
+    metrics = inspect.evaluate_run(_WORKDIR.value, _SPLIT.value, reduced=_REDUCED.value)
+    for name, value in metrics.items():
+        print(f"{name}: {value:.4f}")
+    return metrics
 
 
 def shrink_main() -> None:

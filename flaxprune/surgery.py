@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 from flaxprune.layers import LAYOUTS, AdaptiveSpec, FactorizedSpec, InputGatedSpec
 from flaxprune.layers.layout import to_numpy
@@ -57,7 +58,10 @@ def factorize(kernel: jax.Array, bias: jax.Array | None = None, rank: int | None
     if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= full:
         raise ValueError(f"factorize: rank={rank!r} must be an integer in [1, min(in, out)] = [1, {full}].")
     dtype = np.asarray(kernel).dtype
-    u, s, vt = np.linalg.svd(to_numpy(kernel), full_matrices=False)
+    # One BLAS thread: beside JAX's own threads, a multithreaded LAPACK SVD
+    # oversubscribes small machines and runs tens of times slower.
+    with threadpoolctl.threadpool_limits(1):
+        u, s, vt = np.linalg.svd(to_numpy(kernel), full_matrices=False)
     root = np.sqrt(s[:rank])
     out = {
         "P": jnp.asarray(u[:, :rank] * root, dtype),

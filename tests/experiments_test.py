@@ -70,7 +70,7 @@ def test_cli_train_report_eval_shrink(tmp_path, capsys):
     assert "layers_0/attn/qkv" in capsys.readouterr().out
     assert cli.main(["eval", f"--workdir={workdir}", "--split=test", "--reduced"]) == 0
     out = capsys.readouterr().out
-    assert float(out.split("test bpc:")[1]) == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
+    assert float(out.split("test_bpc:")[1]) == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
     assert cli.main(["shrink", f"--workdir={workdir}", f"--output={tmp_path / 'small'}"]) == 0
     assert cli.main(["report", f"--checkpoint={tmp_path / 'small'}"]) == 0
 

@@ -1,10 +1,11 @@
 """Language models built from flaxprune layers, behind one small interface.
 
-Every model is a Linen module ``Model(config)`` with
+Every language model is a Linen module ``Model(config)`` with
 ``apply(variables, tokens [B, T], carry, deterministic) -> (logits [B, T, V], carry)``
 and ``initial_carry(batch_size)``; the carry (recurrent state or memory) has
-batch as its leading axis. Its config is a frozen dataclass with
-``vocab_size``, ``gated`` and ``plan`` fields.
+batch as its leading axis. ``BertClassifier`` maps token ids, token types and
+an attention mask to ``[B, num_labels]`` logits. Every config is a frozen
+dataclass with ``vocab_size``, ``gated`` and ``plan`` fields.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flaxprune.models.bert import BertClassifier, BertConfig
 from flaxprune.models.sru import SRUConfig, SRULanguageModel
 from flaxprune.models.transformer_xl import TransformerXL, TransformerXLConfig
 
-__all__ = ["MODELS", "SRUConfig", "SRULanguageModel", "TransformerXL", "TransformerXLConfig", "build_model", "model_for"]
+__all__ = ["MODELS", "BertClassifier", "BertConfig", "SRUConfig", "SRULanguageModel", "TransformerXL", "TransformerXLConfig", "build_model", "model_for"]
 
 # name -> (module class, config class)
 MODELS: dict[str, tuple[type, type]] = {
     "sru": (SRULanguageModel, SRUConfig),
     "txl": (TransformerXL, TransformerXLConfig),
+    "bert": (BertClassifier, BertConfig),
 }
 
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from flaxprune.layers.factorized import FactorizedDense
 from flaxprune.plan import Plan
 
-__all__ = ["BertClassifier", "BertConfig", "BertEncoder", "BertLayer", "INIT_STD"]
+__all__ = ["INIT_STD", "BertClassifier", "BertConfig", "BertEncoder", "BertLayer"]
 
 INIT_STD = 0.02  # BERT's initializer_range: normal(0.02) for every kernel and embedding
 
@@ -96,7 +96,8 @@ class BertConfig:
             if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 1 <= self.rank <= full:
                 raise ValueError(
                     f"BertConfig: rank={self.rank!r} must be None (full rank) or an integer in "
-                    f"[1, min(hidden_size, intermediate_size)] = [1, {full}]: SVD gives at most min(in, out) components."
+                    f"[1, min(hidden_size, intermediate_size)] = [1, {full}] (SVD gives at most min(in, out) "
+                    "components)."
                 )
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
@@ -308,9 +309,7 @@ def _check_inputs(cfg: BertConfig, input_ids, token_type_ids, attention_mask) ->
     if input_ids.ndim != 2:
         raise ValueError(f"BERT: input_ids must be [batch, time], got shape {input_ids.shape}.")
     if input_ids.shape[1] > cfg.max_position:
-        raise ValueError(
-            f"BERT: sequences of {input_ids.shape[1]} tokens exceed max_position={cfg.max_position}."
-        )
+        raise ValueError(f"BERT: sequences of {input_ids.shape[1]} tokens exceed max_position={cfg.max_position}.")
     token_type_ids = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
     for name, value in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):

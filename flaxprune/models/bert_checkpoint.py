@@ -103,9 +103,7 @@ def read_config(folder: str | os.PathLike, **overrides: Any) -> BertConfig:
         )
     pos = raw.get("position_embedding_type", "absolute")
     if pos != "absolute":
-        raise ValueError(
-            f"load_hf_bert: {path} has position_embedding_type={pos!r}; only 'absolute' is supported."
-        )
+        raise ValueError(f"load_hf_bert: {path} has position_embedding_type={pos!r}; only 'absolute' is supported.")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"load_hf_bert: {path} lacks {missing}.")
@@ -122,7 +120,12 @@ def _expected(cfg: BertConfig) -> list[tuple[str, tuple[str, ...], tuple[int, ..
     """``(torch name, flax path, torch shape, transpose)`` for every tensor the encoder needs, in load order."""
     h, f = cfg.hidden_size, cfg.intermediate_size
     rows = [
-        ("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings", "embedding"), (cfg.vocab_size, h), False),
+        (
+            "embeddings.word_embeddings.weight",
+            ("embeddings", "word_embeddings", "embedding"),
+            (cfg.vocab_size, h),
+            False,
+        ),
         (
             "embeddings.position_embeddings.weight",
             ("embeddings", "position_embeddings", "embedding"),

@@ -34,7 +34,14 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves and waits until the checkpoint is complete on disk."""
+        """Saves and waits until the checkpoint is complete on disk.
+
+        A checkpoint of the same step left by an earlier attempt that crashed
+        before its next regular checkpoint (so the run restarted from further
+        back) is replaced: the run is deterministic, so it holds the same state.
+        """
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),

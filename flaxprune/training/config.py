@@ -12,7 +12,7 @@ from flaxprune.lagrangian import noam_schedule
 
 __all__ = ["SCHEDULES", "learning_rate_schedule", "load_config_file", "validate"]
 
-SCHEDULES = ("constant", "noam", "linear_warmup", "cosine")
+SCHEDULES = ("constant", "noam", "linear_warmup", "cosine", "linear")
 SECTIONS = ("model", "data", "train", "optim", "prune")
 
 
@@ -50,7 +50,9 @@ def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:
     """The weights' learning-rate schedule named by ``config.optim.schedule``.
 
     ``cosine`` warms up linearly, then decays to 0 at ``total_steps``
-    (Transformer-XL's schedule); ``noam`` is FLOP's inverse square root.
+    (Transformer-XL's schedule); ``linear`` warms up, then decays linearly to
+    0 (BERT fine-tuning); ``noam`` is FLOP's inverse square root;
+    ``linear_warmup`` warms up and stays.
     """
     if optim.schedule == "constant":
         return optax.constant_schedule(optim.learning_rate)
@@ -59,6 +61,15 @@ def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:
     if optim.schedule == "cosine":
         warmup = min(optim.warmup_steps, total_steps - 1)
         return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, max(1, warmup), total_steps)
+    if optim.schedule == "linear":
+        warmup = max(1, min(optim.warmup_steps, total_steps - 1))
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, optim.learning_rate, warmup),
+                optax.linear_schedule(optim.learning_rate, 0.0, max(1, total_steps - warmup)),
+            ],
+            [warmup],
+        )
     return optax.linear_schedule(0.0, optim.learning_rate, max(1, optim.warmup_steps))
 
 

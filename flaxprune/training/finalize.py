@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from flaxprune.models import model_for
 from flaxprune.serialization import config_from_json, config_to_json
@@ -30,22 +31,22 @@ def save_reduced(directory: str | pathlib.Path, params: Any, config: Any) -> Non
 def load_reduced(directory: str | pathlib.Path) -> tuple[Any, Any, Any]:
     """``(model, params, config)`` from :func:`save_reduced`'s directory.
 
+    The params come back with the shapes they were saved with; the config
+    (with its plan) builds the module that takes them.
+
     Raises:
       FileNotFoundError: if there is no saved model there.
     """
-    store = CheckpointStore(directory, keep=1)
-    if store.latest_step() is None:
+    directory = pathlib.Path(directory).absolute()
+    manager = ocp.CheckpointManager(directory)
+    step = manager.latest_step()
+    if step is None:
+        manager.close()
         raise FileNotFoundError(f"load_reduced: no saved model under {directory}.")
-    config = config_from_json(store.read_meta()["model_config"])
-    model = model_for(config)
-    abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32), model.initial_carry(1), deterministic=True)[
-            "params"
-        ]
-    )
-    params, _ = store.restore(abstract)
-    store.close()
-    return model, params, config
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    manager.close()
+    config = config_from_json(out["meta"]["model_config"])
+    return model_for(config), out["state"], config
 
 
 def time_forward(model: Any, params: Any, inputs: tuple, repeats: int = 10) -> float:

@@ -9,7 +9,6 @@ states whose metadata carries the model config as JSON) and, once finished,
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -17,14 +16,13 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from flaxprune.data.corpus import load_corpus
 from flaxprune.models import model_for
 from flaxprune.serialization import config_from_json
 from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.evaluate import Evaluator
 from flaxprune.training.finalize import load_reduced, save_reduced
+from flaxprune.training.tasks import build_task
 
 __all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
 
@@ -58,20 +56,17 @@ def load_run(workdir: str | pathlib.Path, which: str = "checkpoints") -> tuple[A
     return model_for(config), restored["state"]["trainable"]["params"], config, int(step)
 
 
-def evaluate_run(workdir: str | pathlib.Path, split: str = "valid", reduced: bool = False) -> float:
-    """Bits per token of the run's newest checkpoint (or its reduced model) on ``split``."""
+def evaluate_run(workdir: str | pathlib.Path, split: str = "valid", reduced: bool = False) -> dict[str, float]:
+    """Metrics of the run's newest checkpoint (or its reduced model) on ``split``, as the run's task scores them."""
     workdir = pathlib.Path(workdir)
     cfg = _experiment_config(workdir)
     if reduced:
-        model, params, _ = load_reduced(workdir / "reduced")
+        model, params, config = load_reduced(workdir / "reduced")
     else:
-        model, params, _, _ = load_run(workdir)
-    data = {k: v for k, v in cfg.data.items() if v is not None}
-    data["data_dir"] = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
-    corpus = load_corpus(**data)
+        model, params, config, _ = load_run(workdir)
     mesh = sharding.make_mesh(cfg.train.num_devices or None)
-    evaluator = Evaluator(model, mesh, cfg.train.eval_batch_size, cfg.train.seq_len)
-    return evaluator.bpc(jax.device_get(params), getattr(corpus, split))
+    task = build_task(cfg, mesh).with_model(model, config)
+    return task.evaluate(jax.device_get(params), split)
 
 
 def shrink_run(workdir: str | pathlib.Path, output: str | pathlib.Path) -> tuple[int, int]:

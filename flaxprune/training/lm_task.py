@@ -70,6 +70,9 @@ class LanguageModelingTask:
         tokens = jnp.zeros((1, self.seq_len), jnp.int32)
         return self.model.init({"params": key}, tokens, self.model.initial_carry(1), deterministic=True)["params"]
 
+    def initial_params(self, fresh: Any) -> None:
+        return None  # language models train from scratch (or from config.init_from)
+
     def initial_carry(self, batch_size: int) -> Any:
         return self.model.initial_carry(batch_size)
 

@@ -190,11 +190,13 @@ def train(
         log(f"resumed from step {int(state.step)} in {store.directory}")
     else:
         state = jax.jit(create, out_shardings=state_sh)()
+        params, source = task.initial_params(state.params), "the task's pretrained weights"
         if cfg.get("init_from"):
-            params = load_initial_params(cfg.init_from, state.params)
+            params, source = load_initial_params(cfg.init_from, state.params), cfg.init_from
+        if params is not None:
             params = jax.device_put(params, jax.tree.map(lambda _: sharding.replicated(mesh), params))
             state = state.replace(trainable={**state.trainable, "params": params})
-            log(f"initialised from {cfg.init_from}")
+            log(f"initialised from {source}")
 
     step_fn = make_train_step(
         task,

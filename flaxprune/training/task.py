@@ -26,6 +26,9 @@ class Task(Protocol):
     def init_params(self, key: jax.Array) -> Any:
         """Fresh params of the model."""
 
+    def initial_params(self, fresh: Any) -> Any | None:
+        """Pretrained params to start from (given the fresh ones, for heads and gates), or None."""
+
     def initial_carry(self, batch_size: int) -> Any:
         """State carried from batch to batch (batch-leading arrays); ``{}`` when there is none."""
 

@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import flaxprune as fp
-from flaxprune.models.bert import BertClassifier, BertConfig, BertEncoder
+from flaxprune.models.bert import BertClassifier, BertEncoder
 from flaxprune.models.bert_checkpoint import load_hf_bert, minilm_path, to_factorized, with_classifier
 
 H, LAYERS, HEADS, FF, VOCAB, MAX_POS = 8, 2, 2, 16, 20, 12
@@ -137,8 +137,12 @@ def test_each_param_is_the_written_tensor(tmp_path):
     tensors = torch_tensors()
     _, params = load_hf_bert(write_folder(tmp_path, tensors))
     layer = params["encoder"]["layer_1"]
-    np.testing.assert_array_equal(layer["attention"]["key"]["kernel"], tensors["encoder.layer.1.attention.self.key.weight"].T)
-    np.testing.assert_array_equal(layer["intermediate"]["kernel"], tensors["encoder.layer.1.intermediate.dense.weight"].T)
+    np.testing.assert_array_equal(
+        layer["attention"]["key"]["kernel"], tensors["encoder.layer.1.attention.self.key.weight"].T
+    )
+    np.testing.assert_array_equal(
+        layer["intermediate"]["kernel"], tensors["encoder.layer.1.intermediate.dense.weight"].T
+    )
     chex.assert_shape([layer["intermediate"]["kernel"], layer["output"]["kernel"]], [(H, FF), (FF, H)])
     np.testing.assert_array_equal(layer["output_norm"]["scale"], tensors["encoder.layer.1.output.LayerNorm.weight"])
     np.testing.assert_array_equal(
@@ -156,8 +160,10 @@ def test_each_param_is_the_written_tensor(tmp_path):
 def test_bert_prefix_and_old_gamma_beta_names(tmp_path):
     tensors = torch_tensors()
     _, plain = load_hf_bert(write_folder(tmp_path / "plain", tensors))
-    old = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-           for k, v in tensors.items()}
+    old = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in tensors.items()
+    }
     old["cls.predictions.bias"] = np.zeros(VOCAB, np.float32)  # a head the encoder ignores (no prefix)
     _, prefixed = load_hf_bert(write_folder(tmp_path / "prefixed", old, prefix="bert."))
     chex.assert_trees_all_equal(prefixed, plain)
@@ -188,7 +194,9 @@ def test_missing_tensor_names_the_key_and_shape(tmp_path):
 def test_wrong_shape_names_key_found_and_expected(tmp_path):
     tensors = torch_tensors()
     tensors["encoder.layer.0.intermediate.dense.weight"] = np.zeros((FF, H + 1), np.float32)
-    with pytest.raises(ValueError, match=r"'encoder\.layer\.0\.intermediate\.dense\.weight'.*\(16, 9\), expected \(16, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"'encoder\.layer\.0\.intermediate\.dense\.weight'.*\(16, 9\), expected \(16, 8\)"
+    ):
         load_hf_bert(write_folder(tmp_path, tensors))
 
 
@@ -218,8 +226,10 @@ def test_to_factorized_builds_the_gated_twin(tmp_path):
     gcfg, gparams = to_factorized(full, cfg, jax.random.key(1))
     assert gcfg == dataclasses.replace(cfg, factorized=True, gated=True)
     layer = gparams["bert"]["encoder"]["layer_0"]
-    chex.assert_shape([layer["intermediate"]["P"], layer["intermediate"]["Q"], layer["intermediate"]["log_alpha"]],
-                      [(H, H), (H, FF), (H,)])
+    chex.assert_shape(
+        [layer["intermediate"]["P"], layer["intermediate"]["Q"], layer["intermediate"]["log_alpha"]],
+        [(H, H), (H, FF), (H,)],
+    )
     chex.assert_trees_all_equal(gparams["classifier"], full["classifier"])
     chex.assert_trees_all_equal(gparams["bert"]["embeddings"], params["embeddings"])
     assert float(jnp.std(layer["intermediate"]["log_alpha"])) > 0  # drawn, not a constant

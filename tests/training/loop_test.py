@@ -52,7 +52,8 @@ def test_run_finishes_and_reduced_model_matches(finished):
         assert (workdir / name).is_file()
     kinds = {line.split('"kind": "')[1].split('"')[0] for line in (workdir / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"train", "eval"}
-    assert inspect.evaluate_run(workdir, "test", reduced=True) == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
+    reloaded = inspect.evaluate_run(workdir, "test", reduced=True)
+    assert reloaded["test_bpc"] == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
 
 
 def test_sigterm_saves_and_resume_is_exact(finished, tmp_path, data_dir):

