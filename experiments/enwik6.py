@@ -54,9 +54,10 @@ def train_seconds_per_step(config, repeats: int = 20) -> float:
         donate_argnums=0,
     )
     b, t = config.train.batch_size, config.train.seq_len
+    train = run.task.corpus.train
     batch = {
-        "x": jnp.asarray(run.corpus.train[: b * t].reshape(b, t)),
-        "y": jnp.asarray(run.corpus.train[1 : b * t + 1].reshape(b, t)),
+        "x": jnp.asarray(train[: b * t].reshape(b, t)),
+        "y": jnp.asarray(train[1 : b * t + 1].reshape(b, t)),
         "reset": jnp.asarray(False),
     }
     state, metrics = step(state, batch)
