@@ -135,3 +135,19 @@ def test_unknown_model_field_and_missing_data(tmp_path, data_dir):
     with pytest.raises(FileNotFoundError, match=str(empty)):
         loop.prepare(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_init_from_an_earlier_run_copies_weights_and_keeps_fresh_gates(finished):
+    from flaxprune.training.init_from import load_initial_params
+
+    cfg, workdir, _ = finished
+    run = loop.prepare(cfg, workdir)
+    fresh = jax.jit(loop._create_state_fn(run))().params
+    warm = load_initial_params(workdir, fresh)
+    which = "best" if any(p.name.isdigit() for p in (workdir / "best").iterdir()) else "checkpoints"
+    _, trained, _, _ = inspect.load_run(workdir, which=which)  # init_from prefers the best checkpoint
+    chex.assert_trees_all_equal(warm["layers_1"]["W"]["P"], trained["layers_1"]["W"]["P"])
+    chex.assert_trees_all_equal(warm["output"], trained["output"])
+    chex.assert_trees_all_equal(warm["layers_1"]["W"]["log_alpha"], fresh["layers_1"]["W"]["log_alpha"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_initial_params(workdir / "nope", fresh)
