@@ -262,8 +262,8 @@ def train(
                     f"{k} {float(metrics[k]):.4f}" for k in metrics if k in ("loss", "bpc", "accuracy")
                 )
                 log(
-                    f"step {done}: {task.score_name} (eval mask) {ev[task.score_name]:.4f} | train (sampled gates) "
-                    f"{train_part}"
+                    f"step {done}: {task.score_name}{' (eval mask)' if run.prune else ''} {ev[task.score_name]:.4f} | "
+                    f"train{' (sampled gates)' if run.prune else ''} {train_part}"
                     + (
                         f" | sparsity hard {ev['hard_sparsity']:.3f} expected {ev['expected_sparsity']:.3f} "
                         f"target {ev['target']:.3f} | lambda {float(metrics['lambda_1']):+.3f} "
