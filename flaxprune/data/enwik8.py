@@ -58,6 +58,16 @@ ENWIK8_BYTES = 10**8
 # Bytes per stored example: 64 KiB keeps records small and a split of the full
 # file at ~1400 records.
 CHUNK_SIZE = 2**16
+
+
+def byte_chunk_features() -> tfds.features.FeaturesDict:
+    """A byte-level split stored as ordered chunks (shared by the byte-level builders)."""
+    return tfds.features.FeaturesDict(
+        {
+            "index": np.int64,  # chunk position within the split
+            "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # [<= CHUNK_SIZE]
+        }
+    )
 # Looked up in the manual dir in this order; the first present wins.
 MANUAL_FILE_NAMES = ("enwik8", "enwik8.zip", "enwik7", "enwik6", "enwik5", "enwik4", "enwik3")
 
@@ -173,12 +183,7 @@ class Enwik8(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="enwik8: the first 10^8 bytes of an English Wikipedia XML dump, byte level.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "index": np.int64,  # chunk position within the split
-                    "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # [<= CHUNK_SIZE]
-                }
-            ),
+            features=byte_chunk_features(),
             homepage="http://mattmahoney.net/dc/textdata.html",
             metadata=tfds.core.MetadataDict(),
             # Chunks are written in index order; there is nothing to gain from shuffling them.

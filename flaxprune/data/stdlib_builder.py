@@ -24,11 +24,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from flaxprune.data.enwik8 import CHUNK_SIZE, byte_chunk_features
 from flaxprune.data.stdlib_corpus import split_bytes, stdlib_text
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_MAX_BYTES", "StdlibCorpus", "StdlibCorpusConfig", "stdlib_config"]
 
-CHUNK_SIZE = 2**16  # bytes per stored example
 DEFAULT_MAX_BYTES = 2_000_000  # stdlib_text's default
 
 
@@ -82,12 +82,7 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Python standard-library sources, byte level; deterministic per Python version.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "index": np.int64,  # chunk position within the split
-                    "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # [<= CHUNK_SIZE]
-                }
-            ),
+            features=byte_chunk_features(),
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # chunks are written, and read, in index order
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 __all__ = ["CheckpointStore"]
@@ -66,7 +65,3 @@ class CheckpointStore:
     def close(self) -> None:
         self._manager.close()
 
-
-def abstract_like(tree: Any) -> Any:
-    """``ShapeDtypeStruct`` leaves (with shardings) for restoring into ``tree``'s layout."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
