@@ -13,6 +13,23 @@ same definition serves the hard counts after the deterministic mask. Every
 layer kind describes its cost per gate through its layout
 (``flaxprune.layers.LAYOUTS``), read from the params tree alone: no forward
 pass, no model.
+
+Two bases for the sparsity, one definition (``1 - kept / basis``):
+
+* ``'factors'`` (FLOP's own, for models trained factorized from the start):
+  the basis is every weight the gates control, so a full-rank factorized
+  ``in x out`` matrix counts ``r (in + out)``.
+* ``'dense'`` (for a pretrained dense model factorized by SVD, e.g. BERT):
+  the basis is the dense layers the nodes stand for (``in * out`` for a
+  factorized matrix), so 50% sparsity means the reduced layers hold half the
+  weights of the original dense ones. The hard count of a factorized layer is
+  ``min(kept (in + out), in * out)``, what :func:`flaxprune.surgery.shrink`
+  delivers (it merges factors that are no smaller than the dense kernel); the
+  expected count stays the linear ``sum_k c_k P(z_k != 0)``, an upper bound
+  of it whose gradient reaches every gate (the ``min`` would have none while
+  a layer sits above its dense size, as every full-rank SVD layer starts).
+  A full-rank start therefore has a negative expected sparsity (-0.5 for
+  square matrices).
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from flaxprune.layers import LAYOUTS, FactorizedSpec, GateGroup, InputGatedSpec,
 from flaxprune.plan import Plan
 
 __all__ = [
+    "BASES",
     "expected_params",
     "expected_sparsity",
     "format_report",
@@ -40,6 +58,14 @@ __all__ = [
     "report",
     "total_params",
 ]
+
+
+BASES = ("factors", "dense")
+
+
+def _check_basis(basis: str, fn: str) -> None:
+    if basis not in BASES:
+        raise ValueError(f"{fn}: basis={basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
 
 
 def layer_nodes(params: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Layout]]:
@@ -75,9 +101,24 @@ def _groups_or_raise(params, fn: str) -> list[tuple[str, GateGroup]]:
     return groups
 
 
-def prunable_params(params: Mapping[str, Any]) -> int:
-    """Number of weights controlled by some gate (a static int)."""
-    return sum(int(g.log_alpha.shape[-1]) * g.cost_per_gate for _, g in gate_groups(params))
+def _gated_nodes(params) -> list[tuple[list[GateGroup], int]]:
+    """``(groups, dense size)`` of every node that holds gates."""
+    out = []
+    for _, node, layout in layer_nodes(params):
+        groups = layout.groups(node)
+        if groups:
+            full = sum(int(g.log_alpha.shape[-1]) * g.cost_per_gate for g in groups)
+            out.append((groups, layout.dense_params(node) if layout.dense_params else full))
+    return out
+
+
+def prunable_params(params: Mapping[str, Any], basis: str = "factors") -> int:
+    """The sparsity's basis (a static int): the weights some gate controls
+    (``'factors'``), or the dense layers the gated nodes stand for (``'dense'``)."""
+    _check_basis(basis, "prunable_params")
+    if basis == "factors":
+        return sum(int(g.log_alpha.shape[-1]) * g.cost_per_gate for _, g in gate_groups(params))
+    return sum(dense for _, dense in _gated_nodes(params))
 
 
 def expected_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
@@ -86,20 +127,30 @@ def expected_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) 
     return sum(g.cost_per_gate * jnp.sum(prob_nonzero(g.log_alpha, gate)) for _, g in groups)
 
 
-def hard_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
-    """Number of prunable weights kept by the deterministic (eval) mask; jit-compatible."""
-    groups = _groups_or_raise(params, "hard_params")
-    return sum(g.cost_per_gate * jnp.count_nonzero(deterministic_mask(g.log_alpha, gate)) for _, g in groups)
+def hard_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, basis: str = "factors") -> jax.Array:
+    """Number of prunable weights kept by the deterministic (eval) mask; jit-compatible.
+
+    With ``basis='dense'`` a node never counts more than its dense size (what
+    surgery delivers by merging factors).
+    """
+    _check_basis(basis, "hard_params")
+    _groups_or_raise(params, "hard_params")
+    total = jnp.zeros((), jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    for groups, dense in _gated_nodes(params):
+        kept = sum(g.cost_per_gate * jnp.count_nonzero(deterministic_mask(g.log_alpha, gate)) for g in groups)
+        total = total + (jnp.minimum(kept, dense) if basis == "dense" else kept)
+    return total
 
 
-def expected_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
-    """``1 - expected_params / prunable_params``; differentiable in every ``log_alpha``."""
-    return 1.0 - expected_params(params, gate) / prunable_params(params)
+def expected_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, basis: str = "factors") -> jax.Array:
+    """``1 - expected_params / prunable_params(basis)``; differentiable in every ``log_alpha``."""
+    _check_basis(basis, "expected_sparsity")
+    return 1.0 - expected_params(params, gate) / prunable_params(params, basis)
 
 
-def hard_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
+def hard_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, basis: str = "factors") -> jax.Array:
     """``1 - hard_params / prunable_params``: the sparsity surgery will deliver."""
-    return 1.0 - hard_params(params, gate) / prunable_params(params)
+    return 1.0 - hard_params(params, gate, basis) / prunable_params(params, basis)
 
 
 def total_params(params: Any) -> int:

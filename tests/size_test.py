@@ -85,3 +85,35 @@ def test_report_rows():
     assert rows["head"].kind == "dense" and rows["head"].params == 3 * 2 + 2
     text = fp.format_report(fp.report(params))
     assert "input_gated" in text and "total" in text
+
+
+def test_dense_basis_counts_the_layers_the_factors_stand_for():
+    # inp: 5 x 4 dense; fac: a 4 x 3 matrix at rank 2, 14 weights in P and Q but 12 as a dense kernel.
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    assert fp.prunable_params(params, "dense") == 20 + 12
+    np.testing.assert_allclose(fp.expected_sparsity(params, basis="dense"), 1 - 34 * P11 / 32, atol=1e-6)
+    grads = jax.grad(lambda p: fp.expected_sparsity(p, basis="dense"))(params)
+    np.testing.assert_allclose(grads["fac"]["log_alpha"], -7 * P11 * (1 - P11) / 32 * np.ones(2), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fac, kept_fac",
+    [([9.0, 9.0], 12), ([9.0, -9.0], 7), ([-9.0, -9.0], 0)],  # both kept: merged, min(14, 12)
+)
+def test_dense_basis_hard_count_is_what_shrink_delivers(fac, kept_fac):
+    params = _params({"inp": [9.0, -9.0, 9.0, -9.0, -9.0], "fac": fac})
+    assert int(fp.hard_params(params, basis="dense")) == 8 + kept_fac
+    np.testing.assert_allclose(fp.hard_sparsity(params, basis="dense"), 1 - (8 + kept_fac) / 32, rtol=1e-6)
+    small, _ = fp.shrink(params, fp.Plan())
+    fac_weights = sum(np.size(v) for k, v in small.get("fac", {}).items() if k != "bias")
+    inp_weights = np.size(small["inp"]["kernel"])
+    assert fac_weights + inp_weights == 8 + kept_fac
+    assert float(jax.jit(lambda p: fp.hard_sparsity(p, basis="dense"))(params)) == pytest.approx(
+        1 - (8 + kept_fac) / 32
+    )
+
+
+def test_unknown_basis_is_named():
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"basis='total' is not a sparsity basis; accepted: \['factors', 'dense'\]"):
+        fp.hard_sparsity(params, basis="total")

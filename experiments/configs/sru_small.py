@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.prune.enabled = True  # False: the unpruned baseline (same model, no gates)
     c.prune.target = 0.5  # target sparsity of the prunable weights
     c.prune.target_warmup = 800  # steps over which the target rises from 0
-    c.prune.best_tolerance = 0.02  # keep a best checkpoint only within this of the target (FLOP's rule)
+    c.prune.best_tolerance = 0.02  # keep a best checkpoint only at hard sparsity >= target - this (FLOP's rule)
+    c.prune.basis = "factors"  # sparsity of the gated weights ('factors') or of the dense layers they stand for
 
     c.init_from = ""  # earlier run's workdir to warm-start from (dense or factorized)
     return c

@@ -211,4 +211,8 @@ def _check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "log_alpha's shape", node["log_alpha"].shape, (spec.rank,))
 
 
-FACTORIZED_LAYOUT = Layout("factorized", _match, _groups, _rows, _shrink, _check)
+def _dense_params(node: Node) -> int:
+    return int(node["P"].shape[0] * node["Q"].shape[1])
+
+
+FACTORIZED_LAYOUT = Layout("factorized", _match, _groups, _rows, _shrink, _check, _dense_params)

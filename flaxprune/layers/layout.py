@@ -9,7 +9,12 @@ functions of that node:
   (the cost per gate), which is all that size accounting needs;
 * ``row``: one line of the per-layer report;
 * ``shrink``: the reduced node and the spec the module needs to build it;
-* ``check``: that a node agrees with the spec a plan holds for it.
+* ``check``: that a node agrees with the spec a plan holds for it;
+* ``dense_params`` (optional): the weights of the plain dense layer the
+  node stands for, when that differs from what its gates control (a
+  factorized ``in x out`` matrix at full rank holds ``r (in + out)`` weights
+  in ``P`` and ``Q`` but stands for ``in * out``); it is the basis of the
+  ``'dense'`` sparsity (:mod:`flaxprune.size`).
 
 The registry is ``flaxprune.layers.LAYOUTS``; a node is handled by the first
 layout that matches it.
@@ -80,6 +85,7 @@ class Layout(NamedTuple):
     rows: Callable[[str, Node, GateConfig], list[LayerRow]]
     shrink: Callable[[str, Node, GateConfig], tuple[dict | None, Any]]
     check: Callable[[str, Node, Any], None]
+    dense_params: Callable[[Node], int] | None = None
 
 
 def to_numpy(x) -> np.ndarray:

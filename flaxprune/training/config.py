@@ -9,6 +9,7 @@ from typing import Any
 import optax
 
 from flaxprune.lagrangian import noam_schedule
+from flaxprune.size import BASES
 
 __all__ = ["SCHEDULES", "learning_rate_schedule", "load_config_file", "validate"]
 
@@ -42,6 +43,8 @@ def validate(config: Any) -> None:
     if not 0 <= p.target < 1:
         raise ValueError(f"config.prune.target={p.target!r} must be in [0, 1).")
     _positive_int("prune", "target_warmup", p.target_warmup, minimum=0)
+    if p.get("basis", "factors") not in BASES:
+        raise ValueError(f"config.prune.basis={p.basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
     if not p.best_tolerance >= 0:
         raise ValueError(f"config.prune.best_tolerance={p.best_tolerance!r} must be >= 0.")
 

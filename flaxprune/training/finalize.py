@@ -84,8 +84,9 @@ def finalize(run: Any, params: Any, log: Callable[[str], None] = print) -> dict[
     reduced_task = task.with_model(model, small_config)
     reduced_metrics = {**reduced_task.evaluate(small, "valid"), **reduced_task.evaluate(small, "test")}
     summary.update(
-        prunable_params=prunable_params(params),
-        hard_sparsity=float(hard_sparsity(params, gate)),
+        prunable_params=prunable_params(params, run.basis),
+        sparsity_basis=run.basis,
+        hard_sparsity=float(hard_sparsity(params, gate, run.basis)),
         target=float(run.config.prune.target),
         reduced_params=total_params(small),
         **{f"reduced_{k}": v for k, v in reduced_metrics.items()},

@@ -89,5 +89,6 @@ def report_checkpoint(path: str | pathlib.Path) -> str:
     gate = config.plan.gate
     lines = [title, format_report(report(params, gate, config.plan)), f"total params: {total_params(params):,}"]
     if gate_groups(params):
-        lines.append(f"hard sparsity of prunable weights: {float(hard_sparsity(params, gate)):.4f}")
+        for basis, what in (("factors", "the gated weights"), ("dense", "the dense layers they stand for")):
+            lines.append(f"hard sparsity of {what} ({basis!r} basis): {float(hard_sparsity(params, gate, basis)):.4f}")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ existing checkpoint's model config, device divisibility) before it writes
 anything; then trains with the combined optimizer, evaluates with
 deterministic masks, keeps keep-N atomic checkpoints (state, data position,
 PRNG key, carried hidden state) and the best one (FLOP's rule: only while the
-hard sparsity is within ``prune.best_tolerance`` of the target), saves and
+hard sparsity is at least the target less ``prune.best_tolerance``), saves and
 exits cleanly on SIGTERM, and stops on a non-finite loss with the last good
 checkpoint intact. At the end it shrinks the model and writes a summary
 (:mod:`flaxprune.training.finalize`).
@@ -61,6 +61,11 @@ class Run:
     @property
     def prune(self) -> bool:
         return bool(self.config.prune.enabled)
+
+    @property
+    def basis(self) -> str:
+        """The sparsity basis (:mod:`flaxprune.size`): ``'factors'`` or ``'dense'``."""
+        return str(self.config.prune.get("basis", "factors"))
 
     @property
     def model_config(self) -> Any:
@@ -204,6 +209,7 @@ def train(
         prune=run.prune,
         target_fn=run.target_fn,
         gate=run.model_config.plan.gate,
+        basis=run.basis,
         learning_rate_fn=run.lr_fn,
     )
     repl = sharding.replicated(mesh)
@@ -254,8 +260,8 @@ def train(
             if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
                 ev = task.evaluate(state.params, "valid")
                 if run.prune:
-                    ev["hard_sparsity"] = float(hard_sparsity(state.params, gate))
-                    ev["expected_sparsity"] = float(expected_sparsity(state.params, gate))
+                    ev["hard_sparsity"] = float(hard_sparsity(state.params, gate, run.basis))
+                    ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis))
                     ev["target"] = float(run.target_fn(done))
                 writer.write(done, "eval", ev)
                 train_part = ", ".join(
@@ -273,7 +279,7 @@ def train(
                     )
                     + f" | {rate:,.1f} sequences/s"
                 )
-                at_target = not run.prune or abs(ev["hard_sparsity"] - cfg.prune.target) <= cfg.prune.best_tolerance
+                at_target = not run.prune or ev["hard_sparsity"] >= cfg.prune.target - cfg.prune.best_tolerance
                 if at_target and sign * ev[task.score_name] > best_score:
                     best_score = sign * ev[task.score_name]
                     save(best_store, state)

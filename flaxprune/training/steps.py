@@ -31,6 +31,7 @@ def make_train_step(
     prune: bool,
     target_fn: Callable[[jax.Array], jax.Array],
     gate: GateConfig,
+    basis: str = "factors",
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
@@ -41,6 +42,7 @@ def make_train_step(
       prune: add the Lagrangian penalty (False: plain training).
       target_fn: step -> target sparsity.
       gate: the gates' hyperparameters (for the expected sparsity).
+      basis: the sparsity basis, ``'factors'`` or ``'dense'`` (:mod:`flaxprune.size`).
       learning_rate_fn: optional schedule, reported in the metrics.
     """
 
@@ -49,7 +51,7 @@ def make_train_step(
         if not prune:
             zero = jnp.zeros((), jnp.float32)
             return loss, (loss, metrics, new_carry, zero, zero)
-        s = expected_sparsity(trainable["params"], gate)
+        s = expected_sparsity(trainable["params"], gate, basis)
         t = target_fn(step)
         return loss + penalty(s, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
 

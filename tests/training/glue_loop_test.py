@@ -55,6 +55,7 @@ def test_flop_fine_tuning_shrinks_to_the_same_dev_metrics(setup, tmp_path):
     assert summary["status"] == "done"
     assert summary["reduced_valid_accuracy"] == pytest.approx(summary["valid_accuracy"])
     assert summary["reduced_params"] <= summary["params"]
+    assert summary["sparsity_basis"] == "dense" and summary["prunable_params"] < summary["params"]
     assert "log_alpha" in json.dumps(inspect.report_checkpoint(tmp_path)) or "factorized" in inspect.report_checkpoint(
         tmp_path
     )

@@ -112,6 +112,7 @@ def test_checkpoint_of_another_model_is_refused_before_anything_changes(finished
         ({"train.seq_len": 0}, r"config.train.seq_len=0"),
         ({"optim.schedule": "rsqrt"}, r"config.optim.schedule='rsqrt'"),
         ({"model.name": "lstm"}, r"model.name='lstm' is not a model"),
+        ({"prune.basis": "total"}, r"config.prune.basis='total' is not a sparsity basis; accepted: \['factors', 'dense'\]"),
     ],
 )
 def test_bad_config_fails_before_writing(tmp_path, data_dir, override, match):
