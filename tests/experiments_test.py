@@ -82,3 +82,40 @@ def test_cli_rejects_unknown_keys_and_missing_flags(tmp_path, capsys):
     assert cli.main(["train", f"--config={CONFIGS / 'sru_small.py'}"]) == 2
     assert "--workdir" in capsys.readouterr().err
     assert cli.main(["frobnicate"]) == 2
+
+
+def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
+    """``experiments/glue_minilm.py`` end to end on a tiny checkpoint: runs, times, tables."""
+    import sys
+
+    root_dir = pathlib.Path(__file__).resolve().parents[1]
+    for sub in ("experiments", "tests/training", "tests/models"):
+        sys.path.insert(0, str(root_dir / sub))
+    import glue_minilm
+    from bert_checkpoint_test import MAX_POS
+    from glue_loop_test import write_tiny_glue
+
+    root, folder = write_tiny_glue(tmp_path)
+    results = tmp_path / "results"
+    args = [
+        f"--workdir={tmp_path / 'runs'}",
+        f"--data={root / 'glue'}",
+        f"--tfds-dir={tmp_path / 'tfds'}",
+        f"--checkpoint={folder}",
+        f"--results={results}",
+        "--tasks=sst2",
+        "--sst2-subset=24",
+        "--batch-size=4",
+        "--epochs=1",
+        f"--seq-len={MAX_POS}",
+        f"--speed-seq-len={MAX_POS}",
+    ]
+    assert glue_minilm.main(args) == 0
+    rows = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
+    dense, flop = rows["sst2_dense"], rows["sst2_flop"]
+    assert flop["dev_reduced"]["reduced_valid_accuracy"] == pytest.approx(flop["dev"]["valid_accuracy"])
+    assert flop["encoder_params"] <= dense["encoder_params"] and dense["encoder_ratio"] == 1.0
+    assert set(flop["kept_ranks"]) == {f"layer_{i}/{p}" for i in range(2) for p in glue_minilm.PROJECTIONS}
+    assert dense["speedup_vs_dense"] == 1.0 and flop["flop_ratio_vs_dense"] >= 1.0
+    table = (results / "glue_minilm.md").read_text()
+    assert "| sst2_flop |" in table and "| layer_1 |" in table and "--tasks=sst2" in table

@@ -19,7 +19,11 @@ WORDS = ["good", "bad", "movie", "great", "awful", "fun", "dull", "plot", "actin
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("glue")
+    return write_tiny_glue(tmp_path_factory.mktemp("glue"))
+
+
+def write_tiny_glue(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A tiny BERT checkpoint folder and an SST-2 ``glue_data`` layout under ``root``."""
     folder = write_folder(root / "bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     assert len(vocab) == VOCAB
