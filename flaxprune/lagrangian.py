@@ -103,16 +103,23 @@ def init_multipliers() -> dict[str, jax.Array]:
     return {name: jnp.zeros((), jnp.float32) for name in _MULTIPLIER_NAMES}
 
 
-def target_schedule(target: float, warmup_steps: int) -> optax.Schedule:
-    """FLOP's target sparsity: a linear ramp ``t(step) = target * min(1, step / warmup_steps)``.
+def target_schedule(target: float, warmup_steps: int, start: float = 0.0) -> optax.Schedule:
+    """FLOP's target sparsity: a linear ramp from ``start`` to ``target``.
 
+    ``t(step) = start + (target - start) * min(1, step / warmup_steps)``.
     Ramping the target keeps the multipliers from forcing a large sparsity
-    jump on a model that has not yet learned which parts it can spare.
+    jump on a model that has not yet learned which parts it can spare. FLOP
+    starts at 0, the sparsity of a model with every gate open on the
+    ``'factors'`` basis; on the ``'dense'`` basis a full-rank SVD start sits
+    below 0 (:func:`flaxprune.size.open_sparsity`), and starting the ramp
+    there keeps the multipliers from building up during the first steps and
+    then overshooting the target.
 
     Args:
       target: final sparsity, in [0, 1) (1 would prune everything).
-      warmup_steps: steps over which the target grows from 0; 0 means the
-        target applies from the first step.
+      warmup_steps: steps over which the target moves from ``start``; 0 means
+        the target applies from the first step.
+      start: the target at step 0, a number < 1.
 
     Returns:
       A schedule mapping a (possibly traced) step count to a float32 scalar.
@@ -125,14 +132,16 @@ def target_schedule(target: float, warmup_steps: int) -> optax.Schedule:
         raise ValueError(f"target_schedule: target={target!r} must be a number in [0, 1).")
     if not (_is_int(warmup_steps) and warmup_steps >= 0):
         raise ValueError(f"target_schedule: warmup_steps={warmup_steps!r} must be an integer >= 0.")
-    target = float(target)
+    if not (_is_real(start) and start < 1):
+        raise ValueError(f"target_schedule: start={start!r} must be a number < 1.")
+    target, start = float(target), float(start)
     warmup_steps = int(warmup_steps)
 
     def schedule(step):
         if warmup_steps == 0:
             return jnp.full((), target, jnp.float32)
         frac = jnp.asarray(step, jnp.float32) / warmup_steps
-        return target * jnp.minimum(1.0, frac)
+        return start + (target - start) * jnp.minimum(1.0, frac)
 
     return schedule
 

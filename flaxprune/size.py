@@ -54,6 +54,7 @@ __all__ = [
     "hard_params",
     "hard_sparsity",
     "layer_nodes",
+    "open_sparsity",
     "prunable_params",
     "report",
     "total_params",
@@ -119,6 +120,18 @@ def prunable_params(params: Mapping[str, Any], basis: str = "factors") -> int:
     if basis == "factors":
         return sum(int(g.log_alpha.shape[-1]) * g.cost_per_gate for _, g in gate_groups(params))
     return sum(dense for _, dense in _gated_nodes(params))
+
+
+def open_sparsity(params: Mapping[str, Any], basis: str = "factors") -> float:
+    """The sparsity with every gate open, ``1 - prunable('factors') / prunable(basis)``.
+
+    0 on the ``'factors'`` basis; on the ``'dense'`` basis, negative where the
+    factors hold more weights than the dense layers (-0.5 for full-rank SVD of
+    square matrices). Needs only shapes (works on ``jax.eval_shape`` output).
+    """
+    _check_basis(basis, "open_sparsity")
+    _groups_or_raise(params, "open_sparsity")
+    return 1.0 - prunable_params(params, "factors") / prunable_params(params, basis)
 
 
 def expected_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:

@@ -97,6 +97,15 @@ class TargetScheduleTest(parameterized.TestCase):
         sched = lg.target_schedule(0.4, 0)
         np.testing.assert_allclose(jax.jit(sched)(jnp.int32(step)), 0.4, rtol=1e-6)
 
+    @parameterized.parameters((0, -0.5), (50, 0.0), (100, 0.5), (400, 0.5))
+    def test_ramp_from_a_start(self, step, expected):
+        sched = lg.target_schedule(0.5, 100, start=-0.5)
+        np.testing.assert_allclose(jax.jit(sched)(jnp.int32(step)), expected, atol=1e-7)
+
+    def test_bad_start(self):
+        with pytest.raises(ValueError, match=r"start=1.5 must be a number < 1"):
+            lg.target_schedule(0.5, 10, start=1.5)
+
     def test_traced_steps_vectorised(self):
         out = jax.jit(jax.vmap(lg.target_schedule(0.5, 10)))(jnp.arange(0, 25, 5))
         chex.assert_trees_all_close(out, jnp.array([0.0, 0.25, 0.5, 0.5, 0.5]), atol=1e-7)

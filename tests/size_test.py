@@ -117,3 +117,10 @@ def test_unknown_basis_is_named():
     params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
     with pytest.raises(ValueError, match=r"basis='total' is not a sparsity basis; accepted: \['factors', 'dense'\]"):
         fp.hard_sparsity(params, basis="total")
+
+
+def test_open_sparsity_needs_only_shapes():
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    shapes = jax.eval_shape(lambda: params)
+    assert fp.open_sparsity(shapes) == 0.0
+    assert fp.open_sparsity(shapes, "dense") == pytest.approx(1 - 34 / 32)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
 from flaxprune.serialization import config_to_json
-from flaxprune.size import expected_sparsity, hard_sparsity
+from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore
 from flaxprune.training.config import learning_rate_schedule, validate
@@ -108,8 +108,12 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
         clip_norm=o.clip_norm or None,
         weight_decay=o.weight_decay,
     )
-    target_fn = target_schedule(config.prune.target if config.prune.enabled else 0.0, config.prune.target_warmup)
-    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
+    target_fn = target_schedule(0.0, 0)
+    run = Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
+    if run.prune:  # the ramp starts where the model starts: every gate open
+        start = open_sparsity(jax.eval_shape(_create_state_fn(run)).params, run.basis)
+        run.target_fn = target_schedule(config.prune.target, config.prune.target_warmup, start=start)
+    return run
 
 
 def _state_shardings(run: Run, abstract: TrainState) -> TrainState:

@@ -60,6 +60,8 @@ def test_flop_fine_tuning_shrinks_to_the_same_dev_metrics(setup, tmp_path):
     assert summary["reduced_valid_accuracy"] == pytest.approx(summary["valid_accuracy"])
     assert summary["reduced_params"] <= summary["params"]
     assert summary["sparsity_basis"] == "dense" and summary["prunable_params"] < summary["params"]
+    targets = [r["target"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert targets[0] < 0 and targets[-1] == pytest.approx(0.5)  # the ramp starts at the all-open sparsity
     assert "log_alpha" in json.dumps(inspect.report_checkpoint(tmp_path)) or "factorized" in inspect.report_checkpoint(
         tmp_path
     )
