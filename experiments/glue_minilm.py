@@ -2,7 +2,7 @@
 
     python experiments/glue_minilm.py --workdir=/tmp/glue [--data=../shared/data/glue] \
         [--tasks=mrpc,stsb,sst2] [--epochs=3] [--seq-len=128] [--sst2-subset=8000] [--target=0.5] \
-        [--gate-lr=0.03] [--speed-seq-len=128]
+        [--gate-lr=0.05] [--speed-seq-len=128]
 
 For each task: the dense fine-tuning baseline and FLOP toward ``--target``
 sparsity of the encoder projections (against their dense size), each a
@@ -42,7 +42,7 @@ def config_for(task: str, prune: bool, args) -> object:
     if task == "sst2" and args.sst2_subset:
         c.data.train_subset = args.sst2_subset
         n = args.sst2_subset
-    steps = max(10, math.ceil(args.epochs * n / c.train.batch_size))
+    steps = max(10, math.ceil(epochs_for(task, args.epochs) * n / c.train.batch_size))
     c.train.seq_len = args.seq_len
     c.train.steps = steps
     c.train.eval_every = max(10, steps // 4)
@@ -53,7 +53,7 @@ def config_for(task: str, prune: bool, args) -> object:
     c.optim.lambda_learning_rate = args.gate_lr
     c.prune.enabled = prune
     c.prune.target = args.target
-    c.prune.target_warmup = steps // 2
+    c.prune.target_warmup = steps * 2 // 3
     return c
 
 
@@ -69,6 +69,19 @@ def rank_table(ranks: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def epochs_for(task: str, spec: str) -> float:
+    """Epochs for ``task`` from ``'3'`` (all tasks) or ``'mrpc=3,stsb=2'`` (per task)."""
+    try:
+        if "=" not in spec:
+            return float(spec)
+        table = {k.strip(): float(v) for k, v in (item.split("=") for item in spec.split(","))}
+    except ValueError:
+        raise ValueError(f"--epochs={spec!r}: expected a number or 'task=number,...'.") from None
+    if task not in table:
+        raise ValueError(f"--epochs={spec!r} names no epochs for task {task!r}.")
+    return table[task]
+
+
 def encoder_params(params) -> int:
     from flaxprune.size import total_params
 
@@ -80,14 +93,14 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "glue"))
     parser.add_argument("--tasks", default="mrpc,stsb,sst2")
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--epochs", default="3", help="epochs for every task ('3') or per task ('mrpc=3,stsb=2')")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--sst2-subset", type=int, default=8000)
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--checkpoint", default="", help="HF-format BERT folder ('' = the installed MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tfds-dir", default="", help="where tfds prepares the data ('' = ~/tensorflow_datasets)")
-    parser.add_argument("--gate-lr", type=float, default=0.03, help="Adam rate of the gates and the multipliers")
+    parser.add_argument("--gate-lr", type=float, default=0.05, help="Adam rate of the gates and the multipliers")
     parser.add_argument("--speed-seq-len", type=int, default=128, help="tokens per example when timing")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
@@ -98,6 +111,8 @@ def main(argv=None) -> int:
     from flaxprune.training.loop import train
 
     workdir = pathlib.Path(args.workdir)
+    for task in args.tasks.split(","):  # a bad --epochs fails here, not after the first runs
+        epochs_for(task, args.epochs)
     rows, models, flops = [], {}, {}
     for task in args.tasks.split(","):
         for prune in (False, True):

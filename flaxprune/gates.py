@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 GATES_RNG = "gates"  # name of the rng stream gates sample from
+EVAL_MASKS = ("flop", "clip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,13 @@ class GateConfig:
       drop_rate: initial probability ``d`` used to centre ``log_alpha`` at
         ``log((1 - d) / d)``; 0.5 gives ``log_alpha ~ 0``.
       init_std: standard deviation of the ``log_alpha`` initialisation.
+      eval_mask: the values the deterministic mask keeps. ``'flop'``: FLOP's
+        ``sigmoid(0.8 log_alpha / beta)``, never exactly 1. ``'clip'``: Louizos
+        et al.'s test-time estimate ``clip(sigmoid(log_alpha) (r - l) + l, 0,
+        1)``, exactly 1 for ``log_alpha >= logit((1 - l) / (r - l))`` (2.40 at
+        FLOP's stretch), so a warm start from pretrained weights (gates
+        initialised open, e.g. ``drop_rate=0.01``) evaluates as the
+        pretrained model. Either way the ``round(n - E[L0])`` smallest are 0.
     """
 
     beta: float = 1.0
@@ -62,8 +70,13 @@ class GateConfig:
     eps: float = 1e-6
     drop_rate: float = 0.5
     init_std: float = 0.01
+    eval_mask: str = "flop"
 
     def __post_init__(self):
+        if self.eval_mask not in EVAL_MASKS:
+            raise ValueError(
+                f"GateConfig: eval_mask={self.eval_mask!r} is not a mask rule; accepted: {list(EVAL_MASKS)}."
+            )
         if not self.beta > 0:
             raise ValueError(f"GateConfig: beta={self.beta!r} must be > 0 (FLOP uses 1.0, Louizos et al. 2/3).")
         if not 0 < self.drop_rate < 1:
@@ -142,10 +155,11 @@ def sample(
 def deterministic_mask(log_alpha: jax.Array, cfg: GateConfig = DEFAULT_GATE) -> jax.Array:
     """FLOP's evaluation mask.
 
-    ``soft = sigmoid(0.8 * log_alpha / beta)``; the ``round_half_even(n -
-    expected_l0)`` smallest entries of ``soft`` are set to zero (ties broken
-    by index, lower first); the others keep their soft values, which surgery
-    folds into the weights.
+    ``soft = sigmoid(0.8 * log_alpha / beta)`` (``cfg.eval_mask='flop'``) or
+    ``clip(sigmoid(log_alpha) (r - l) + l, 0, 1)`` (``'clip'``); the
+    ``round_half_even(n - expected_l0)`` smallest entries of ``soft`` are set
+    to zero (ties broken by index, lower first); the others keep their soft
+    values, which surgery folds into the weights.
 
     Args:
       log_alpha: ``[n]`` gate parameters.
@@ -155,7 +169,10 @@ def deterministic_mask(log_alpha: jax.Array, cfg: GateConfig = DEFAULT_GATE) -> 
       ``[n]`` mask; jit-compatible (the number of zeros may be traced).
     """
     n = log_alpha.shape[-1]
-    soft = jax.nn.sigmoid(0.8 * log_alpha / cfg.beta)
+    if cfg.eval_mask == "clip":
+        soft = jnp.clip(jax.nn.sigmoid(log_alpha) * (cfg.limit_r - cfg.limit_l) + cfg.limit_l, 0.0, 1.0)
+    else:
+        soft = jax.nn.sigmoid(0.8 * log_alpha / cfg.beta)
     num_zeros = jnp.round(n - expected_l0(jax.lax.stop_gradient(log_alpha), cfg)).astype(jnp.int32)
     rank = jnp.argsort(jnp.argsort(soft, axis=-1, stable=True), axis=-1, stable=True)
     return jnp.where(rank < num_zeros[..., None], jnp.zeros_like(soft), soft)

@@ -62,6 +62,28 @@ def test_eval_mask_rule_hand_computed():
     np.testing.assert_allclose(gates.deterministic_mask(la), expected, rtol=1e-6)
 
 
+def test_clip_eval_mask_hand_computed():
+    # soft = clip(sigmoid(log_alpha) * 1.2 - 0.1, 0, 1); the same two smallest are zeroed.
+    cfg = gates.GateConfig(eval_mask="clip")
+    la = jnp.array([3.0, -3.0, 0.5, 40.0, -40.0])
+    expected = np.clip(1 / (1 + np.exp(-np.asarray(la, np.float64))) * 1.2 - 0.1, 0, 1)
+    expected[[1, 4]] = 0.0
+    np.testing.assert_allclose(gates.deterministic_mask(la, cfg), expected, rtol=1e-6)
+    assert float(gates.deterministic_mask(la, cfg)[0]) == 1.0  # sigmoid(3) * 1.2 - 0.1 = 1.04 -> 1
+
+
+def test_clip_eval_mask_keeps_an_open_start_exact():
+    # drop_rate 0.01: log_alpha ~ 4.6, E[L0] rounds to n, every value clips to exactly 1.
+    cfg = gates.GateConfig(eval_mask="clip", drop_rate=0.01)
+    la = gates.log_alpha_init(cfg.drop_rate, cfg.init_std)(jax.random.key(0), (384,))
+    np.testing.assert_array_equal(jax.jit(gates.deterministic_mask, static_argnums=1)(la, cfg), np.ones(384))
+
+
+def test_unknown_eval_mask_is_named():
+    with pytest.raises(ValueError, match=r"eval_mask='soft' is not a mask rule; accepted: \['flop', 'clip'\]"):
+        gates.GateConfig(eval_mask="soft")
+
+
 @pytest.mark.parametrize(
     "n_half,n_one,zeros",
     [

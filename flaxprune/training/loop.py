@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
-from flaxprune.serialization import config_to_json
+from flaxprune.serialization import config_from_json, config_to_json
 from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore
@@ -93,7 +93,7 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
         store = CheckpointStore(ckpt_dir, config.train.keep_checkpoints)
         if store.latest_step() is not None:
             saved = store.read_meta()["model_config"]
-            if saved != model_json:
+            if not _same_config(saved, task.model_config):
                 raise ValueError(
                     f"{ckpt_dir} holds a checkpoint of a different model config; use a new --workdir or the "
                     f"config that made it.\nsaved:   {saved}\ncurrent: {model_json}"
@@ -114,6 +114,14 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
         start = open_sparsity(jax.eval_shape(_create_state_fn(run)).params, run.basis)
         run.target_fn = target_schedule(config.prune.target, config.prune.target_warmup, start=start)
     return run
+
+
+def _same_config(saved_json: str, config: Any) -> bool:
+    """Whether a checkpoint's saved model config is ``config`` (fields added since take their defaults)."""
+    try:
+        return config_from_json(saved_json) == config
+    except (ValueError, TypeError):
+        return False
 
 
 def _state_shardings(run: Run, abstract: TrainState) -> TrainState:

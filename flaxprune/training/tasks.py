@@ -14,8 +14,9 @@ TASKS = ("lm", "glue")
 
 
 def _plan(config: Any) -> Plan:
-    gate = GateConfig(**dict(config.prune.gate)) if "gate" in config.prune else GateConfig()
-    return Plan(gate=gate)
+    """The model's plan; an unpruned run has no gates, so its gate settings are the defaults."""
+    use = config.prune.enabled and "gate" in config.prune
+    return Plan(gate=GateConfig(**dict(config.prune.gate)) if use else GateConfig())
 
 
 def _build_lm(config: Any, mesh: Any):
