@@ -55,13 +55,14 @@ class GateConfig:
       drop_rate: initial probability ``d`` used to centre ``log_alpha`` at
         ``log((1 - d) / d)``; 0.5 gives ``log_alpha ~ 0``.
       init_std: standard deviation of the ``log_alpha`` initialisation.
-      eval_mask: the values the deterministic mask keeps. ``'flop'``: FLOP's
-        ``sigmoid(0.8 log_alpha / beta)``, never exactly 1. ``'clip'``: Louizos
-        et al.'s test-time estimate ``clip(sigmoid(log_alpha) (r - l) + l, 0,
-        1)``, exactly 1 for ``log_alpha >= logit((1 - l) / (r - l))`` (2.40 at
-        FLOP's stretch), so a warm start from pretrained weights (gates
-        initialised open, e.g. ``drop_rate=0.01``) evaluates as the
-        pretrained model. Either way the ``round(n - E[L0])`` smallest are 0.
+      eval_mask: the deterministic (eval) mask. ``'flop'``: FLOP's
+        ``sigmoid(0.8 log_alpha / beta)`` with the ``round(n - E[L0])``
+        smallest set to 0; its values are never 1. ``'clip'``: Louizos et
+        al.'s test-time gate ``clip(sigmoid(log_alpha) (r - l) + l, 0, 1)``,
+        0 for ``log_alpha <= logit(-l / (r - l))`` (-2.40 at FLOP's stretch)
+        and 1 above ``logit((1 - l) / (r - l))`` (+2.40), so a warm start
+        from pretrained weights with open gates evaluates as (nearly) the
+        pretrained model: no component is cut at random at the start.
     """
 
     beta: float = 1.0
@@ -155,11 +156,11 @@ def sample(
 def deterministic_mask(log_alpha: jax.Array, cfg: GateConfig = DEFAULT_GATE) -> jax.Array:
     """FLOP's evaluation mask.
 
-    ``soft = sigmoid(0.8 * log_alpha / beta)`` (``cfg.eval_mask='flop'``) or
-    ``clip(sigmoid(log_alpha) (r - l) + l, 0, 1)`` (``'clip'``); the
-    ``round_half_even(n - expected_l0)`` smallest entries of ``soft`` are set
-    to zero (ties broken by index, lower first); the others keep their soft
-    values, which surgery folds into the weights.
+    ``soft = sigmoid(0.8 * log_alpha / beta)``; the ``round_half_even(n -
+    expected_l0)`` smallest entries of ``soft`` are set to zero (ties broken
+    by index, lower first); the others keep their soft values, which surgery
+    folds into the weights. With ``cfg.eval_mask='clip'``: Louizos et al.'s
+    ``clip(sigmoid(log_alpha) (r - l) + l, 0, 1)`` instead, zeros included.
 
     Args:
       log_alpha: ``[n]`` gate parameters.
@@ -170,9 +171,8 @@ def deterministic_mask(log_alpha: jax.Array, cfg: GateConfig = DEFAULT_GATE) -> 
     """
     n = log_alpha.shape[-1]
     if cfg.eval_mask == "clip":
-        soft = jnp.clip(jax.nn.sigmoid(log_alpha) * (cfg.limit_r - cfg.limit_l) + cfg.limit_l, 0.0, 1.0)
-    else:
-        soft = jax.nn.sigmoid(0.8 * log_alpha / cfg.beta)
+        return jnp.clip(jax.nn.sigmoid(log_alpha) * (cfg.limit_r - cfg.limit_l) + cfg.limit_l, 0.0, 1.0)
+    soft = jax.nn.sigmoid(0.8 * log_alpha / cfg.beta)
     num_zeros = jnp.round(n - expected_l0(jax.lax.stop_gradient(log_alpha), cfg)).astype(jnp.int32)
     rank = jnp.argsort(jnp.argsort(soft, axis=-1, stable=True), axis=-1, stable=True)
     return jnp.where(rank < num_zeros[..., None], jnp.zeros_like(soft), soft)

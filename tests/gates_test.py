@@ -63,17 +63,17 @@ def test_eval_mask_rule_hand_computed():
 
 
 def test_clip_eval_mask_hand_computed():
-    # soft = clip(sigmoid(log_alpha) * 1.2 - 0.1, 0, 1); the same two smallest are zeroed.
+    # clip(sigmoid(log_alpha) * 1.2 - 0.1, 0, 1): sigmoid(3) -> 1.04 -> 1; sigmoid(-3) -> -0.043 -> 0;
+    # sigmoid(0.5) = 0.62246 -> 0.64695; and exactly 0 below log_alpha = -log(11) = -2.398.
     cfg = gates.GateConfig(eval_mask="clip")
-    la = jnp.array([3.0, -3.0, 0.5, 40.0, -40.0])
-    expected = np.clip(1 / (1 + np.exp(-np.asarray(la, np.float64))) * 1.2 - 0.1, 0, 1)
-    expected[[1, 4]] = 0.0
-    np.testing.assert_allclose(gates.deterministic_mask(la, cfg), expected, rtol=1e-6)
-    assert float(gates.deterministic_mask(la, cfg)[0]) == 1.0  # sigmoid(3) * 1.2 - 0.1 = 1.04 -> 1
+    la = jnp.array([3.0, -3.0, 0.5, 40.0, -40.0, -2.39, -2.41])
+    expected = [1.0, 0.0, 0.6469524, 1.0, 0.0, 1 / (1 + np.exp(2.39)) * 1.2 - 0.1, 0.0]
+    np.testing.assert_allclose(gates.deterministic_mask(la, cfg), expected, rtol=1e-5, atol=1e-7)
+    assert 0 < float(gates.deterministic_mask(la, cfg)[5]) < 1e-3
 
 
 def test_clip_eval_mask_keeps_an_open_start_exact():
-    # drop_rate 0.01: log_alpha ~ 4.6, E[L0] rounds to n, every value clips to exactly 1.
+    # drop_rate 0.01: log_alpha ~ 4.6, every value clips to exactly 1 (no component cut by rank).
     cfg = gates.GateConfig(eval_mask="clip", drop_rate=0.01)
     la = gates.log_alpha_init(cfg.drop_rate, cfg.init_std)(jax.random.key(0), (384,))
     np.testing.assert_array_equal(jax.jit(gates.deterministic_mask, static_argnums=1)(la, cfg), np.ones(384))
