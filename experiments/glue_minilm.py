@@ -2,7 +2,7 @@
 
     python experiments/glue_minilm.py --workdir=/tmp/glue [--data=../shared/data/glue] \
         [--tasks=mrpc,stsb,sst2] [--epochs=3] [--seq-len=128] [--sst2-subset=8000] [--target=0.5] \
-        [--gate-lr=0.05] [--speed-seq-len=128]
+        [--gate-lr=0.03] [--speed-seq-len=128]
 
 For each task: the dense fine-tuning baseline and FLOP toward ``--target``
 sparsity of the encoder projections (against their dense size), each a
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="", help="HF-format BERT folder ('' = the installed MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tfds-dir", default="", help="where tfds prepares the data ('' = ~/tensorflow_datasets)")
-    parser.add_argument("--gate-lr", type=float, default=0.05, help="Adam rate of the gates and the multipliers")
+    parser.add_argument("--gate-lr", type=float, default=0.03, help="Adam rate of the gates and the multipliers")
     parser.add_argument("--speed-seq-len", type=int, default=128, help="tokens per example when timing")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)

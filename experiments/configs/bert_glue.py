@@ -53,8 +53,8 @@ def get_config():
     c.optim.schedule = "linear"  # warmup, then linear decay to 0 (BERT fine-tuning)
     c.optim.learning_rate = 5e-5
     c.optim.warmup_steps = 100
-    c.optim.gate_learning_rate = 5e-2  # fine-tuning is short: open gates must travel ~5 in log_alpha to close
-    c.optim.lambda_learning_rate = 5e-2
+    c.optim.gate_learning_rate = 3e-2  # fine-tuning is short: the gates need to move fast
+    c.optim.lambda_learning_rate = 3e-2
     c.optim.clip_norm = 1.0
     c.optim.weight_decay = 0.01
 
@@ -62,7 +62,7 @@ def get_config():
     c.prune.target = 0.5  # of the encoder projections, against their dense size (basis below)
     c.prune.basis = "dense"  # 50% = the reduced projections hold half the pretrained dense weights
     c.prune.target_warmup = 800  # two thirds of the run: open gates need time to close
-    c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields
-    c.prune.gate.drop_rate = 0.1  # gates start open (log_alpha ~ 2.2): training starts near the pretrained model
-    c.prune.gate.eval_mask = "clip"  # Louizos' test-time gate: ~1 when open (0.98 at the start), 0 when closed
+    c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields (FLOP's defaults)
+    c.prune.gate.drop_rate = 0.5  # log_alpha starts at 0, where the expected size responds at once
+    c.prune.gate.eval_mask = "flop"  # 'clip' (Louizos) is exact for open gates but was worse in short runs
     return c
