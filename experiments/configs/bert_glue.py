@@ -10,8 +10,9 @@ MiniLM-L6-H384, uncased) is loaded from its HF-format folder; with
 fine-tuning toward ``prune.target`` sparsity of the encoder projections,
 measured against their dense size (``prune.basis='dense'``: at 0.5 the
 reduced projections hold half the pretrained weights; the full-rank start
-holds twice as many in its factors, a sparsity of -0.5);
-``--config.prune.enabled=False`` is the dense fine-tuning baseline.
+holds twice as many in its factors, a sparsity of -0.5, and the target
+ramps from there); ``--config.prune.enabled=False`` is the dense fine-tuning
+baseline.
 Embeddings, pooler and classifier are not pruned.
 """
 
@@ -61,7 +62,7 @@ def get_config():
     c.prune.enabled = True
     c.prune.target = 0.5  # of the encoder projections, against their dense size (basis below)
     c.prune.basis = "dense"  # 50% = the reduced projections hold half the pretrained dense weights
-    c.prune.target_warmup = 800  # two thirds of the run: open gates need time to close
+    c.prune.target_warmup = 800  # two thirds of the run, from the open sparsity (-0.5) to the target
     c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields (FLOP's defaults)
     c.prune.gate.drop_rate = 0.5  # log_alpha starts at 0, where the expected size responds at once
     c.prune.gate.eval_mask = "flop"  # 'clip' (Louizos) is exact for open gates but was worse in short runs
