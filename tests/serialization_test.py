@@ -34,3 +34,19 @@ def test_round_trip_with_specs_and_dtypes():
 def test_refuses_classes_outside_allowed_modules():
     with pytest.raises(ValueError, match="outside the allowed modules"):
         config_from_json(config_to_json(_Cfg()))
+
+
+def test_saved_config_without_a_newer_field_still_matches():
+    # A checkpoint written before GateConfig.eval_mask existed resumes: the field takes its default.
+    import json
+
+    from flaxprune.training.loop import _same_config
+
+    cfg = fp.Plan(gate=fp.GateConfig(beta=2 / 3)).with_specs({"a": fp.FactorizedSpec(rank=3)})
+    tree = json.loads(config_to_json(cfg))
+    del tree["gate"]["eval_mask"]
+    old = json.dumps(tree)
+    assert _same_config(old, cfg)
+    assert not _same_config(old, dataclasses.replace(cfg, gate=fp.GateConfig(beta=2 / 3, eval_mask="clip")))
+    assert not _same_config(old, fp.Plan())
+    assert not _same_config("{not json", cfg)
