@@ -68,6 +68,8 @@ def byte_chunk_features() -> tfds.features.FeaturesDict:
             "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # [<= CHUNK_SIZE]
         }
     )
+
+
 # Looked up in the manual dir in this order; the first present wins.
 MANUAL_FILE_NAMES = ("enwik8", "enwik8.zip", "enwik7", "enwik6", "enwik5", "enwik4", "enwik3")
 

@@ -65,7 +65,7 @@ class Run:
     @property
     def basis(self) -> str:
         """The sparsity basis (:mod:`flaxprune.size`): ``'factors'`` or ``'dense'``."""
-        return str(self.config.prune.get("basis", "factors"))
+        return _basis(self.config)
 
     @property
     def model_config(self) -> Any:
@@ -108,12 +108,16 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
         clip_norm=o.clip_norm or None,
         weight_decay=o.weight_decay,
     )
-    target_fn = target_schedule(0.0, 0)
-    run = Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
-    if run.prune:  # the ramp starts where the model starts: every gate open
-        start = open_sparsity(jax.eval_shape(_create_state_fn(run)).params, run.basis)
-        run.target_fn = target_schedule(config.prune.target, config.prune.target_warmup, start=start)
-    return run
+    target_fn = target_schedule(0.0, 0)  # unpruned: no penalty, the target is only logged
+    if config.prune.enabled:  # the ramp starts where the model starts: every gate open (shapes only)
+        shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+        start = open_sparsity(shapes, _basis(config))
+        target_fn = target_schedule(config.prune.target, config.prune.target_warmup, start=start)
+    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
+
+
+def _basis(config: Any) -> str:
+    return str(config.prune.get("basis", "factors"))
 
 
 def _same_config(saved_json: str, config: Any) -> bool:
