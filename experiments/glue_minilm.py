@@ -2,11 +2,13 @@
 
     python experiments/glue_minilm.py --workdir=/tmp/glue [--data=../shared/data/glue] \
         [--tasks=mrpc,stsb,sst2] [--epochs=3] [--seq-len=128] [--sst2-subset=8000] [--target=0.5] \
-        [--gate-lr=0.03] [--speed-seq-len=128]
+        [--gate-lr=0.1] [--lambda-lr=0.01] [--speed-seq-len=128]
 
-For each task: the dense fine-tuning baseline and FLOP toward ``--target``
-sparsity of the encoder projections (against their dense size), each a
-resumable run of ``experiments/configs/bert_glue.py`` (rerunning the command
+For each task, three runs: the dense fine-tuning baseline; truncated SVD at
+the target's size (every encoder projection cut to the same top-r singular
+components, ``r`` from :func:`equal_size_rank`, then fine-tuned without gates:
+the allocation FLOP has to beat); and FLOP toward ``--target`` sparsity of the
+encoder projections (against their dense size). Each is a resumable run of ``experiments/configs/bert_glue.py`` (rerunning the command
 continues or reuses finished runs). Then every model is timed side by side in
 one process (``--batch-size`` x ``--speed-seq-len`` tokens) and the table is written
 to ``experiments/results/glue_minilm.{md,json}`` with dev metrics of the
@@ -29,7 +31,30 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_SIZES = {"mrpc": 3667, "stsb": 5749, "sst2": 67349, "cola": 8551, "rte": 2490}
 
 
-def config_for(task: str, prune: bool, args) -> object:
+VARIANTS = ("dense", "svd", "flop")  # dense fine-tuning, truncated SVD at the target's size, FLOP
+
+
+def equal_size_rank(checkpoint: str, target: float) -> tuple[int, float]:
+    """The one SVD rank at which the encoder projections together hold ``1 - target`` of the dense weights.
+
+    A rank-r factorization of an ``in x out`` kernel holds ``r (in + out)``
+    weights, so the uniform rank is ``(1 - target) sum(in * out) / sum(in + out)``
+    over a layer's projections (q, k, v, attention output: H x H; FFN: H x I
+    and I x H), rounded down: 128 for MiniLM-L6-H384 at 0.5.
+
+    Returns:
+      ``(rank, sparsity)``: the rank and the sparsity it gives (>= ``target``).
+    """
+    from flaxprune.models.bert_checkpoint import minilm_path, read_config
+
+    cfg = read_config(checkpoint or minilm_path())
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    dense, per_rank = 4 * h * h + 2 * h * i, 4 * 2 * h + 2 * (h + i)
+    rank = max(1, min(int((1 - target) * dense // per_rank), h, i))
+    return rank, 1 - rank * per_rank / dense
+
+
+def config_for(task: str, variant: str, args) -> object:
     from flaxprune.training.config import load_config_file
 
     c = load_config_file(ROOT / "experiments" / "configs" / "bert_glue.py")
@@ -49,11 +74,16 @@ def config_for(task: str, prune: bool, args) -> object:
     c.train.checkpoint_every = max(10, steps // 4)
     c.train.log_every = 10
     c.optim.warmup_steps = steps // 10
-    c.optim.gate_learning_rate = args.gate_lr
-    c.optim.lambda_learning_rate = args.gate_lr
-    c.prune.enabled = prune
+    if args.gate_lr is not None:
+        c.optim.gate_learning_rate = args.gate_lr
+    if args.lambda_lr is not None:
+        c.optim.lambda_learning_rate = args.lambda_lr
+    c.prune.enabled = variant == "flop"
     c.prune.target = args.target
-    c.prune.target_warmup = steps * 2 // 3
+    if variant == "svd":  # the baseline: fine-tune the top singular components, ungated
+        c.model.factorized = True
+        c.model.rank = equal_size_rank(args.checkpoint, args.target)[0]
+    c.prune.target_warmup = steps // 2
     return c
 
 
@@ -100,7 +130,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="", help="HF-format BERT folder ('' = the installed MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tfds-dir", default="", help="where tfds prepares the data ('' = ~/tensorflow_datasets)")
-    parser.add_argument("--gate-lr", type=float, default=0.03, help="Adam rate of the gates and the multipliers")
+    parser.add_argument("--gate-lr", type=float, default=None, help="Adam rate of the gates (default: the config's)")
+    parser.add_argument("--lambda-lr", type=float, default=None, help="Adam rate of the multipliers (default: config)")
     parser.add_argument("--speed-seq-len", type=int, default=128, help="tokens per example when timing")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
@@ -115,12 +146,15 @@ def main(argv=None) -> int:
         epochs_for(task, args.epochs)
     rows, models, flops = [], {}, {}
     for task in args.tasks.split(","):
-        for prune in (False, True):
-            name = f"{task}_{'flop' if prune else 'dense'}"
+        for variant in VARIANTS:
+            name = f"{task}_{variant}"
             print(f"== {name} ==", flush=True)
-            summary = train(config_for(task, prune, args), workdir / name)
+            summary = train(config_for(task, variant, args), workdir / name)
             if summary["status"] != "done":
                 return 1
+            prune = variant == "flop"
+            if variant == "svd":  # its size is fixed by the rank
+                summary["hard_sparsity"] = equal_size_rank(args.checkpoint, args.target)[1]
             if prune:
                 model, params, config = load_reduced(workdir / name / "reduced")
             else:
@@ -158,7 +192,7 @@ def main(argv=None) -> int:
     command = "python experiments/glue_minilm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (results / "glue_minilm.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     lines = [
-        "# MiniLM-L6-H384 on GLUE dev: dense fine-tuning vs FLOP",
+        "# MiniLM-L6-H384 on GLUE dev: dense fine-tuning, truncated SVD at equal size, FLOP",
         "",
         f"Made by `{command}`. Training: batch {args.batch_size} x {args.seq_len} tokens. Inference: batch "
         f"{args.batch_size} x "
@@ -180,6 +214,8 @@ def main(argv=None) -> int:
         )
     lines += [
         "",
+        f"svd: every encoder projection truncated to its top {equal_size_rank(args.checkpoint, args.target)[0]} "
+        "singular components (the target's size, spread uniformly), then fine-tuned without gates like dense.",
         "Speedup: measured forward time of the whole classifier, dense / reduced. FLOP ratio: the encoder "
         "projections' multiply-adds per token, dense / reduced (attention scores and softmax not included).",
         "",

@@ -112,10 +112,30 @@ def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
     ]
     assert glue_minilm.main(args) == 0
     rows = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
-    dense, flop = rows["sst2_dense"], rows["sst2_flop"]
+    dense, svd, flop = rows["sst2_dense"], rows["sst2_svd"], rows["sst2_flop"]
+    rank, sparsity = glue_minilm.equal_size_rank(str(folder), 0.5)
+    assert svd["hard_sparsity"] == pytest.approx(sparsity) and sparsity >= 0.5
+    assert svd["encoder_params"] < dense["encoder_params"] and not svd["kept_ranks"]
     assert flop["dev_reduced"]["reduced_valid_accuracy"] == pytest.approx(flop["dev"]["valid_accuracy"])
     assert flop["encoder_params"] <= dense["encoder_params"] and dense["encoder_ratio"] == 1.0
     assert set(flop["kept_ranks"]) == {f"layer_{i}/{p}" for i in range(2) for p in glue_minilm.PROJECTIONS}
     assert dense["speedup_vs_dense"] == 1.0 and flop["flop_ratio_vs_dense"] >= 1.0
     table = (results / "glue_minilm.md").read_text()
+    assert "| sst2_svd |" in table and f"top {rank} singular" in table
     assert "| sst2_flop |" in table and "| layer_1 |" in table and "--tasks=sst2" in table
+
+
+@pytest.mark.parametrize("target,rank,sparsity", [(0.5, 128, 0.5), (0.7, 76, 1 - 76 * 6912 / 1769472)])
+def test_equal_size_rank_hand_computed(tmp_path, target, rank, sparsity):
+    # MiniLM-L6-H384 layer: q, k, v, out (384 x 384) and FFN (384 x 1536, 1536 x 384) hold 1,769,472 dense
+    # weights; each unit of uniform rank costs 4 * 768 + 2 * 1920 = 6,912, so 0.5 keeps 884,736 / 6,912 = 128.
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+    import glue_minilm
+
+    hf = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12}
+    hf.update(intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    got_rank, got_sparsity = glue_minilm.equal_size_rank(str(tmp_path), target)
+    assert got_rank == rank and got_sparsity == pytest.approx(sparsity)

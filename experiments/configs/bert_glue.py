@@ -54,16 +54,19 @@ def get_config():
     c.optim.schedule = "linear"  # warmup, then linear decay to 0 (BERT fine-tuning)
     c.optim.learning_rate = 5e-5
     c.optim.warmup_steps = 100
-    c.optim.gate_learning_rate = 3e-2  # fine-tuning is short: the gates need to move fast
-    c.optim.lambda_learning_rate = 3e-2
+    c.optim.gate_learning_rate = 0.1  # fine-tuning is short: open gates must reach the cut within the ramp
+    c.optim.lambda_learning_rate = 0.01  # well below the gates' rate: the multipliers wait for the gates
     c.optim.clip_norm = 1.0
     c.optim.weight_decay = 0.01
 
     c.prune.enabled = True
     c.prune.target = 0.5  # of the encoder projections, against their dense size (basis below)
     c.prune.basis = "dense"  # 50% = the reduced projections hold half the pretrained dense weights
-    c.prune.target_warmup = 800  # two thirds of the run, from the open sparsity (-0.5) to the target
-    c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields (FLOP's defaults)
-    c.prune.gate.drop_rate = 0.5  # log_alpha starts at 0, where the expected size responds at once
-    c.prune.gate.eval_mask = "flop"  # 'clip' (Louizos) is exact for open gates but was worse in short runs
+    c.prune.target_warmup = 600  # half the run, from the open sparsity (-0.5) to the target
+    c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields; unset ones keep FLOP.s values
+    # Open gates: log_alpha starts at log(0.97/0.03) = 3.5 and the 'clip' eval mask is exactly 1 there, so
+    # the starting model is the pretrained one. FLOP's own start (drop_rate 0.5, log_alpha 0) scales every
+    # SVD component by ~0.5 and broke MiniLM before anything was cut (README, BERT on GLUE).
+    c.prune.gate.drop_rate = 0.03
+    c.prune.gate.eval_mask = "clip"
     return c
