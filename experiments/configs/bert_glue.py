@@ -63,7 +63,7 @@ def get_config():
     c.prune.target = 0.5  # of the encoder projections, against their dense size (basis below)
     c.prune.basis = "dense"  # 50% = the reduced projections hold half the pretrained dense weights
     c.prune.target_warmup = 600  # half the run, from the open sparsity (-0.5) to the target
-    c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields; unset ones keep FLOP.s values
+    c.prune.gate = ml_collections.ConfigDict()  # flaxprune.GateConfig fields; unset ones keep FLOP's values
     # Open gates: log_alpha starts at log(0.97/0.03) = 3.5 and the 'clip' eval mask is exactly 1 there, so
     # the starting model is the pretrained one. FLOP's own start (drop_rate 0.5, log_alpha 0) scales every
     # SVD component by ~0.5 and broke MiniLM before anything was cut (README, BERT on GLUE).
