@@ -8,8 +8,9 @@ For each task, three runs: the dense fine-tuning baseline; truncated SVD at
 the target's size (every encoder projection cut to the same top-r singular
 components, ``r`` from :func:`equal_size_rank`, then fine-tuned without gates:
 the allocation FLOP has to beat); and FLOP toward ``--target`` sparsity of the
-encoder projections (against their dense size). Each is a resumable run of ``experiments/configs/bert_glue.py`` (rerunning the command
-continues or reuses finished runs). Then every model is timed side by side in
+encoder projections (against their dense size). Each is a resumable run of
+``experiments/configs/bert_glue.py`` (rerunning the command continues or
+reuses finished runs). Then every model is timed side by side in
 one process (``--batch-size`` x ``--speed-seq-len`` tokens) and the table is written
 to ``experiments/results/glue_minilm.{md,json}`` with dev metrics of the
 gated and the reduced model, encoder params, kept ranks and speedups. Needs ``pip install --no-deps
@@ -54,7 +55,8 @@ def equal_size_rank(checkpoint: str, target: float) -> tuple[int, float]:
     return rank, 1 - rank * per_rank / dense
 
 
-def config_for(task: str, variant: str, args) -> object:
+def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> object:
+    """The run's config; ``svd_rank`` (from :func:`equal_size_rank`) is needed for the ``'svd'`` variant."""
     from flaxprune.training.config import load_config_file
 
     c = load_config_file(ROOT / "experiments" / "configs" / "bert_glue.py")
@@ -82,7 +84,7 @@ def config_for(task: str, variant: str, args) -> object:
     c.prune.target = args.target
     if variant == "svd":  # the baseline: fine-tune the top singular components, ungated
         c.model.factorized = True
-        c.model.rank = equal_size_rank(args.checkpoint, args.target)[0]
+        c.model.rank = svd_rank
     c.prune.target_warmup = steps // 2
     return c
 
@@ -144,17 +146,18 @@ def main(argv=None) -> int:
     workdir = pathlib.Path(args.workdir)
     for task in args.tasks.split(","):  # a bad --epochs fails here, not after the first runs
         epochs_for(task, args.epochs)
+    svd_rank, svd_sparsity = equal_size_rank(args.checkpoint, args.target)  # reads config.json once
     rows, models, flops = [], {}, {}
     for task in args.tasks.split(","):
         for variant in VARIANTS:
             name = f"{task}_{variant}"
             print(f"== {name} ==", flush=True)
-            summary = train(config_for(task, variant, args), workdir / name)
+            summary = train(config_for(task, variant, args, svd_rank), workdir / name)
             if summary["status"] != "done":
                 return 1
             prune = variant == "flop"
             if variant == "svd":  # its size is fixed by the rank
-                summary["hard_sparsity"] = equal_size_rank(args.checkpoint, args.target)[1]
+                summary["hard_sparsity"] = svd_sparsity
             if prune:
                 model, params, config = load_reduced(workdir / name / "reduced")
             else:
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
         )
     lines += [
         "",
-        f"svd: every encoder projection truncated to its top {equal_size_rank(args.checkpoint, args.target)[0]} "
+        f"svd: every encoder projection truncated to its top {svd_rank} "
         "singular components (the target's size, spread uniformly), then fine-tuned without gates like dense.",
         "Speedup: measured forward time of the whole classifier, dense / reduced. FLOP ratio: the encoder "
         "projections' multiply-adds per token, dense / reduced (attention scores and softmax not included).",

@@ -84,13 +84,19 @@ def test_cli_rejects_unknown_keys_and_missing_flags(tmp_path, capsys):
     assert cli.main(["frobnicate"]) == 2
 
 
-def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
-    """``experiments/glue_minilm.py`` end to end on a tiny checkpoint: runs, times, tables."""
+def _import_from(*subdirs):
+    """Puts the repository's ``subdirs`` on ``sys.path`` (once each) so their scripts import as modules."""
     import sys
 
-    root_dir = pathlib.Path(__file__).resolve().parents[1]
-    for sub in ("experiments", "tests/training", "tests/models"):
-        sys.path.insert(0, str(root_dir / sub))
+    for sub in subdirs:
+        path = str(pathlib.Path(__file__).resolve().parents[1] / sub)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
+    """``experiments/glue_minilm.py`` end to end on a tiny checkpoint: runs, times, tables."""
+    _import_from("experiments", "tests/training", "tests/models")
     import glue_minilm
     from bert_checkpoint_test import MAX_POS
     from glue_loop_test import write_tiny_glue
@@ -129,9 +135,7 @@ def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
 def test_equal_size_rank_hand_computed(tmp_path, target, rank, sparsity):
     # MiniLM-L6-H384 layer: q, k, v, out (384 x 384) and FFN (384 x 1536, 1536 x 384) hold 1,769,472 dense
     # weights; each unit of uniform rank costs 4 * 768 + 2 * 1920 = 6,912, so 0.5 keeps 884,736 / 6,912 = 128.
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+    _import_from("experiments")
     import glue_minilm
 
     hf = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12}
