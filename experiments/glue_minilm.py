@@ -69,17 +69,17 @@ def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> ob
     if task == "sst2" and args.sst2_subset:
         c.data.train_subset = args.sst2_subset
         n = args.sst2_subset
-    steps = max(10, math.ceil(epochs_for(task, args.epochs) * n / c.train.batch_size))
+    steps = max(10, math.ceil(per_task(task, args.epochs, "--epochs") * n / c.train.batch_size))
     c.train.seq_len = args.seq_len
     c.train.steps = steps
     c.train.eval_every = max(10, steps // 4)
     c.train.checkpoint_every = max(10, steps // 4)
     c.train.log_every = 10
     c.optim.warmup_steps = steps // 10
-    if args.gate_lr is not None:
-        c.optim.gate_learning_rate = args.gate_lr
-    if args.lambda_lr is not None:
-        c.optim.lambda_learning_rate = args.lambda_lr
+    for flag, name in (("gate_lr", "gate_learning_rate"), ("lambda_lr", "lambda_learning_rate")):
+        rate = per_task(task, getattr(args, flag), "--" + flag.replace("_", "-"))
+        if rate is not None:
+            c.optim[name] = rate
     c.prune.enabled = variant == "flop"
     c.prune.target = args.target
     if variant == "svd":  # the baseline: fine-tune the top singular components, ungated
@@ -101,16 +101,22 @@ def rank_table(ranks: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def epochs_for(task: str, spec: str) -> float:
-    """Epochs for ``task`` from ``'3'`` (all tasks) or ``'mrpc=3,stsb=2'`` (per task)."""
+def per_task(task: str, spec: str | None, flag: str) -> float | None:
+    """A number for ``task`` from ``'3'`` (all tasks) or ``'mrpc=3,stsb=2'`` (per task); None if ``spec`` is.
+
+    Raises:
+      ValueError: naming ``flag`` when ``spec`` is malformed or names no value for ``task``.
+    """
+    if spec is None:
+        return None
     try:
         if "=" not in spec:
             return float(spec)
         table = {k.strip(): float(v) for k, v in (item.split("=") for item in spec.split(","))}
     except ValueError:
-        raise ValueError(f"--epochs={spec!r}: expected a number or 'task=number,...'.") from None
+        raise ValueError(f"{flag}={spec!r}: expected a number or 'task=number,...'.") from None
     if task not in table:
-        raise ValueError(f"--epochs={spec!r} names no epochs for task {task!r}.")
+        raise ValueError(f"{flag}={spec!r} names no value for task {task!r}.")
     return table[task]
 
 
@@ -132,8 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="", help="HF-format BERT folder ('' = the installed MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tfds-dir", default="", help="where tfds prepares the data ('' = ~/tensorflow_datasets)")
-    parser.add_argument("--gate-lr", type=float, default=None, help="Adam rate of the gates (default: the config's)")
-    parser.add_argument("--lambda-lr", type=float, default=None, help="Adam rate of the multipliers (default: config)")
+    parser.add_argument("--gate-lr", default=None, help="Adam rate of the gates, all or per task")
+    parser.add_argument("--lambda-lr", default=None, help="Adam rate of the multipliers, all or per task")
     parser.add_argument("--speed-seq-len", type=int, default=128, help="tokens per example when timing")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
@@ -144,8 +150,9 @@ def main(argv=None) -> int:
     from flaxprune.training.loop import train
 
     workdir = pathlib.Path(args.workdir)
-    for task in args.tasks.split(","):  # a bad --epochs fails here, not after the first runs
-        epochs_for(task, args.epochs)
+    for task in args.tasks.split(","):  # a bad per-task flag fails here, not after the first runs
+        for flag in ("epochs", "gate_lr", "lambda_lr"):
+            per_task(task, getattr(args, flag), "--" + flag.replace("_", "-"))
     svd_rank, svd_sparsity = equal_size_rank(args.checkpoint, args.target)  # reads config.json once
     rows, models, flops = [], {}, {}
     for task in args.tasks.split(","):
@@ -197,11 +204,12 @@ def main(argv=None) -> int:
     lines = [
         "# MiniLM-L6-H384 on GLUE dev: dense fine-tuning, truncated SVD at equal size, FLOP",
         "",
-        f"Made by `{command}`. Training: batch {args.batch_size} x {args.seq_len} tokens. Inference: batch "
-        f"{args.batch_size} x "
-        f"{args.speed_seq_len} tokens, median of 10, all models timed side by side in one process.",
-        "Sparsity is of the encoder projections against their dense size; encoder params include "
-        "LayerNorms and biases.",
+        (
+            f"Made by `{command}`. Training: batch {args.batch_size} x {args.seq_len} tokens. Inference: batch "
+            f"{args.batch_size} x {args.speed_seq_len} tokens, median of 10, all models timed side by side in one "
+            "process."
+        ),
+        "Sparsity is of the encoder projections against their dense size; encoder params include LayerNorms, biases.",
         "",
         "| run | dev, gated (eval mask) | dev, reduced | hard sparsity | encoder params | ms/batch | speedup "
         "| FLOP ratio |",
@@ -217,13 +225,19 @@ def main(argv=None) -> int:
         )
     lines += [
         "",
-        f"svd: every encoder projection truncated to its top {svd_rank} "
-        "singular components (the target's size, spread uniformly), then fine-tuned without gates like dense.",
-        "Speedup: measured forward time of the whole classifier, dense / reduced. FLOP ratio: the encoder "
-        "projections' multiply-adds per token, dense / reduced (attention scores and softmax not included).",
+        (
+            f"svd: every encoder projection truncated to its top {svd_rank} singular components (the target's "
+            "size, spread uniformly), then fine-tuned without gates like dense."
+        ),
+        (
+            "Speedup: measured forward time of the whole classifier, dense / reduced. FLOP ratio: the encoder "
+            "projections' multiply-adds per token, dense / reduced (attention scores and softmax not included)."
+        ),
         "",
-        "Kept ranks of the encoder projections (FLOP runs; of 384; a kept rank r of an in x out projection is "
-        "stored as factors when r (in + out) < in * out, else merged into a dense kernel):",
+        (
+            "Kept ranks of the encoder projections (FLOP runs; of 384; a kept rank r of an in x out projection is "
+            "stored as factors when r (in + out) < in * out, else merged into a dense kernel):"
+        ),
     ]
     for r in rows:
         if r["kept_ranks"]:

@@ -47,6 +47,7 @@ from flaxprune.size import (
     report,
     total_params,
 )
+from flaxprune.spectral import component_scales, spectral_gates, spectral_log_alpha
 from flaxprune.surgery import factorize, factorize_params, shrink
 
 __version__ = "0.1.0"
@@ -63,6 +64,7 @@ __all__ = [
     "InputGatedSpec",
     "LayerRow",
     "Plan",
+    "component_scales",
     "default_rank",
     "deterministic_mask",
     "expected_l0",
@@ -87,6 +89,8 @@ __all__ = [
     "report",
     "sample",
     "shrink",
+    "spectral_gates",
+    "spectral_log_alpha",
     "target_schedule",
     "total_params",
 ]

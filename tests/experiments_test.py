@@ -1,5 +1,6 @@
 """Every experiment config validates and builds; the CLI runs a few steps end to end."""
 
+import argparse
 import json
 import pathlib
 
@@ -143,3 +144,23 @@ def test_equal_size_rank_hand_computed(tmp_path, target, rank, sparsity):
     (tmp_path / "config.json").write_text(json.dumps(hf))
     got_rank, got_sparsity = glue_minilm.equal_size_rank(str(tmp_path), target)
     assert got_rank == rank and got_sparsity == pytest.approx(sparsity)
+
+
+def test_per_task_flags_and_the_config_they_give():
+    _import_from("experiments")
+    import glue_minilm
+
+    assert glue_minilm.per_task("stsb", "3", "--epochs") == 3.0
+    assert glue_minilm.per_task("stsb", "mrpc=0.01,stsb=0.03", "--lambda-lr") == 0.03
+    assert glue_minilm.per_task("stsb", None, "--gate-lr") is None
+    with pytest.raises(ValueError, match=r"--lambda-lr='mrpc=0.01' names no value for task 'stsb'"):
+        glue_minilm.per_task("stsb", "mrpc=0.01", "--lambda-lr")
+    with pytest.raises(ValueError, match=r"--epochs='x=': expected a number"):
+        glue_minilm.per_task("stsb", "x=", "--epochs")
+    args = argparse.Namespace(
+        data="d", tfds_dir="", checkpoint="", batch_size=32, sst2_subset=0, epochs="mrpc=3,stsb=2", seq_len=64,
+        gate_lr=None, lambda_lr="mrpc=0.01,stsb=0.03", target=0.5,
+    )
+    c = glue_minilm.config_for("stsb", "flop", args)
+    assert c.optim.lambda_learning_rate == 0.03 and c.train.steps == 360  # ceil(2 * 5749 / 32)
+    assert c.optim.gate_learning_rate == 0.1 and c.prune.target_warmup == 180

@@ -6,6 +6,7 @@ import importlib.util
 import pathlib
 from typing import Any
 
+import numpy as np
 import optax
 
 from flaxprune.lagrangian import noam_schedule
@@ -15,6 +16,7 @@ __all__ = ["SCHEDULES", "learning_rate_schedule", "load_config_file", "validate"
 
 SCHEDULES = ("constant", "noam", "linear_warmup", "cosine", "linear")
 SECTIONS = ("model", "data", "train", "optim", "prune")
+GATE_INITS = ("constant", "spectral")  # every log_alpha from prune.gate.drop_rate, or from the SVD spectrum
 
 
 def _positive_int(section: str, name: str, value: Any, minimum: int = 1) -> None:
@@ -45,6 +47,16 @@ def validate(config: Any) -> None:
     _positive_int("prune", "target_warmup", p.target_warmup, minimum=0)
     if p.get("basis", "factors") not in BASES:
         raise ValueError(f"config.prune.basis={p.basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
+    gate_init = p.get("gate_init", "constant")
+    if gate_init not in GATE_INITS:
+        raise ValueError(f"config.prune.gate_init={gate_init!r} is not a gate start; accepted: {list(GATE_INITS)}.")
+    if gate_init == "spectral":
+        r = p.get("gate_range")
+        if r is None or len(r) != 2 or not all(np.isfinite(v) for v in r) or not r[0] <= r[1]:
+            raise ValueError(
+                f"config.prune.gate_range={r!r} must be (low, high) finite with low <= high: the log_alpha of a "
+                "zero and of the largest singular component (e.g. (2.5, 8.0))."
+            )
     if not p.best_tolerance >= 0:
         raise ValueError(f"config.prune.best_tolerance={p.best_tolerance!r} must be >= 0.")
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from flaxprune.lagrangian import flop_optimizer, target_schedule
 from flaxprune.serialization import config_from_json, config_to_json
 from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
+from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore
 from flaxprune.training.config import learning_rate_schedule, validate
@@ -214,6 +215,14 @@ def train(
         params, source = task.initial_params(state.params), "the task's pretrained weights"
         if cfg.get("init_from"):
             params, source = load_initial_params(cfg.init_from, state.params), cfg.init_from
+        if run.prune and cfg.prune.get("gate_init", "constant") == "spectral":
+            if params is None:
+                raise ValueError(
+                    "config.prune.gate_init='spectral' sets each gate from its singular value, which needs a warm "
+                    "start: a task with pretrained weights (BERT) or config.init_from; use gate_init='constant'."
+                )
+            params = spectral_gates(jax.device_get(params), *cfg.prune.gate_range)
+            source += f", gates from the spectrum in {tuple(cfg.prune.gate_range)}"
         if params is not None:
             params = jax.device_put(params, jax.tree.map(lambda _: sharding.replicated(mesh), params))
             state = state.replace(trainable={**state.trainable, "params": params})

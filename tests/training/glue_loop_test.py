@@ -55,7 +55,7 @@ def test_flop_fine_tuning_shrinks_to_the_same_dev_metrics(setup, tmp_path):
     root, folder = setup
     logs = []
     summary = loop.train(glue_config(root, folder), tmp_path, log=logs.append, progress=False)
-    assert any("initialised from the task's pretrained weights" in line for line in logs)
+    assert any("initialised from the task's pretrained weights, gates from the spectrum" in line for line in logs)
     assert summary["status"] == "done"
     assert summary["reduced_valid_accuracy"] == pytest.approx(summary["valid_accuracy"])
     assert summary["reduced_params"] <= summary["params"]

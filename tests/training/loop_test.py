@@ -112,6 +112,8 @@ def test_checkpoint_of_another_model_is_refused_before_anything_changes(finished
         ({"train.seq_len": 0}, r"config.train.seq_len=0"),
         ({"optim.schedule": "rsqrt"}, r"config.optim.schedule='rsqrt'"),
         ({"model.name": "lstm"}, r"model.name='lstm' is not a model"),
+        ({"prune.gate_init": "svd"}, r"gate_init='svd' is not a gate start; accepted: \['constant', 'spectral'\]"),
+        ({"prune.gate_init": "spectral", "prune.gate_range": (8.0, 2.5)}, r"prune.gate_range=\(8.0, 2.5\) must be"),
         ({"prune.basis": "total"}, r"config.prune.basis='total' is not a sparsity basis; accepted: \['factors', 'dense'\]"),
     ],
 )
