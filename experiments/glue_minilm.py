@@ -10,7 +10,7 @@ components, ``r`` from :func:`equal_size_rank`, then fine-tuned without gates:
 the allocation FLOP has to beat); and FLOP toward ``--target`` sparsity of the
 encoder projections (against their dense size). Each is a resumable run of
 ``experiments/configs/bert_glue.py`` (rerunning the command continues or
-reuses finished runs). Then every model is timed side by side in
+reuses finished runs of the same config). Then every model is timed side by side in
 one process (``--batch-size`` x ``--speed-seq-len`` tokens) and the table is written
 to ``experiments/results/glue_minilm.{md,json}`` with dev metrics of the
 gated and the reduced model, encoder params, kept ranks and speedups. Needs ``pip install --no-deps
@@ -120,6 +120,17 @@ def per_task(task: str, spec: str | None, flag: str) -> float | None:
     return table[task]
 
 
+def finished_summary(config, run_dir: pathlib.Path) -> dict | None:
+    """The summary of a finished run of exactly ``config`` in ``run_dir``; None: train (or resume) it."""
+    summary, stored = run_dir / "summary.json", run_dir / "config.json"
+    if not (summary.is_file() and stored.is_file()):
+        return None
+    if json.loads(stored.read_text(encoding="utf-8")) != json.loads(config.to_json_best_effort()):
+        return None
+    done = json.loads(summary.read_text(encoding="utf-8"))
+    return done if done.get("status") == "done" and done.get("step") == config.train.steps else None
+
+
 def encoder_params(params) -> int:
     from flaxprune.size import total_params
 
@@ -159,7 +170,8 @@ def main(argv=None) -> int:
         for variant in VARIANTS:
             name = f"{task}_{variant}"
             print(f"== {name} ==", flush=True)
-            summary = train(config_for(task, variant, args, svd_rank), workdir / name)
+            config = config_for(task, variant, args, svd_rank)
+            summary = finished_summary(config, workdir / name) or train(config, workdir / name)
             if summary["status"] != "done":
                 return 1
             prune = variant == "flop"

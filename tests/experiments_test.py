@@ -130,6 +130,14 @@ def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
     table = (results / "glue_minilm.md").read_text()
     assert "| sst2_svd |" in table and f"top {rank} singular" in table
     assert "| sst2_flop |" in table and "| layer_1 |" in table and "--tasks=sst2" in table
+    # Rerunning the command reuses the finished runs (not even finalized again) and rebuilds the table.
+    stamps = {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in glue_minilm.VARIANTS}
+    assert glue_minilm.main(args) == 0
+    assert stamps == {
+        v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in glue_minilm.VARIANTS
+    }
+    again = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
+    assert again["sst2_flop"]["dev"] == flop["dev"] and again["sst2_svd"]["kept_ranks"] == svd["kept_ranks"]
 
 
 @pytest.mark.parametrize("target,rank,sparsity", [(0.5, 128, 0.5), (0.7, 76, 1 - 76 * 6912 / 1769472)])
