@@ -154,3 +154,9 @@ def test_init_from_an_earlier_run_copies_weights_and_keeps_fresh_gates(finished)
     chex.assert_trees_all_equal(warm["layers_1"]["W"]["log_alpha"], fresh["layers_1"]["W"]["log_alpha"])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_initial_params(workdir / "nope", fresh)
+
+
+def test_spectral_gate_start_needs_a_warm_start(tmp_path, data_dir):
+    cfg = tiny_config(**{"data.data_dir": data_dir, "prune.gate_init": "spectral"})
+    with pytest.raises(ValueError, match=r"gate_init='spectral' .* needs a warm start"):
+        loop.train(cfg, tmp_path / "run", log=lambda _: None, progress=False)
