@@ -69,7 +69,7 @@ def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> ob
     if task == "sst2" and args.sst2_subset:
         c.data.train_subset = args.sst2_subset
         n = args.sst2_subset
-    steps = max(10, math.ceil(per_task(task, args.epochs, "--epochs") * n / c.train.batch_size))
+    steps = max(10, math.ceil(per_task(task, args, "epochs") * n / c.train.batch_size))
     c.train.seq_len = args.seq_len
     c.train.steps = steps
     c.train.eval_every = max(10, steps // 4)
@@ -77,7 +77,7 @@ def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> ob
     c.train.log_every = 10
     c.optim.warmup_steps = steps // 10
     for flag, name in (("gate_lr", "gate_learning_rate"), ("lambda_lr", "lambda_learning_rate")):
-        rate = per_task(task, getattr(args, flag), "--" + flag.replace("_", "-"))
+        rate = per_task(task, args, flag)
         if rate is not None:
             c.optim[name] = rate
     c.prune.enabled = variant == "flop"
@@ -101,12 +101,15 @@ def rank_table(ranks: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def per_task(task: str, spec: str | None, flag: str) -> float | None:
-    """A number for ``task`` from ``'3'`` (all tasks) or ``'mrpc=3,stsb=2'`` (per task); None if ``spec`` is.
+def per_task(task: str, args, name: str) -> float | None:
+    """The value of flag ``name`` (``'epochs'``, ``'gate_lr'``, ``'lambda_lr'``) for ``task``; None if unset.
+
+    The flag holds ``'3'`` (all tasks) or ``'mrpc=3,stsb=2'`` (per task).
 
     Raises:
-      ValueError: naming ``flag`` when ``spec`` is malformed or names no value for ``task``.
+      ValueError: naming the flag when it is malformed or names no value for ``task``.
     """
+    spec, flag = getattr(args, name), "--" + name.replace("_", "-")
     if spec is None:
         return None
     try:
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
     workdir = pathlib.Path(args.workdir)
     for task in args.tasks.split(","):  # a bad per-task flag fails here, not after the first runs
         for flag in ("epochs", "gate_lr", "lambda_lr"):
-            per_task(task, getattr(args, flag), "--" + flag.replace("_", "-"))
+            per_task(task, args, flag)
     svd_rank, svd_sparsity = equal_size_rank(args.checkpoint, args.target)  # reads config.json once
     rows, models, flops = [], {}, {}
     for task in args.tasks.split(","):

@@ -158,13 +158,14 @@ def test_per_task_flags_and_the_config_they_give():
     _import_from("experiments")
     import glue_minilm
 
-    assert glue_minilm.per_task("stsb", "3", "--epochs") == 3.0
-    assert glue_minilm.per_task("stsb", "mrpc=0.01,stsb=0.03", "--lambda-lr") == 0.03
-    assert glue_minilm.per_task("stsb", None, "--gate-lr") is None
+    flags = argparse.Namespace(epochs="3", lambda_lr="mrpc=0.01,stsb=0.03", gate_lr=None)
+    assert glue_minilm.per_task("stsb", flags, "epochs") == 3.0
+    assert glue_minilm.per_task("stsb", flags, "lambda_lr") == 0.03
+    assert glue_minilm.per_task("stsb", flags, "gate_lr") is None
     with pytest.raises(ValueError, match=r"--lambda-lr='mrpc=0.01' names no value for task 'stsb'"):
-        glue_minilm.per_task("stsb", "mrpc=0.01", "--lambda-lr")
+        glue_minilm.per_task("stsb", argparse.Namespace(lambda_lr="mrpc=0.01"), "lambda_lr")
     with pytest.raises(ValueError, match=r"--epochs='x=': expected a number"):
-        glue_minilm.per_task("stsb", "x=", "--epochs")
+        glue_minilm.per_task("stsb", argparse.Namespace(epochs="x="), "epochs")
     args = argparse.Namespace(
         data="d", tfds_dir="", checkpoint="", batch_size=32, sst2_subset=0, epochs="mrpc=3,stsb=2", seq_len=64,
         gate_lr=None, lambda_lr="mrpc=0.01,stsb=0.03", target=0.5,
