@@ -226,8 +226,10 @@ def main(argv=None) -> int:
         ),
         "Sparsity is of the encoder projections against their dense size; encoder params include LayerNorms, biases.",
         "",
-        "| run | dev, gated (eval mask) | dev, reduced | hard sparsity | encoder params | ms/batch | speedup "
-        "| FLOP ratio |",
+        (
+            "| run | dev, gated (eval mask) | dev, reduced | hard sparsity | encoder params | ms/batch | speedup "
+            "| FLOP ratio |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
