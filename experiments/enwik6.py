@@ -44,11 +44,11 @@ def train_seconds_per_step(config, repeats: int = 20) -> float:
 
     import jax.numpy as jnp
 
-    from flaxprune.training.loop import _create_state_fn, prepare
+    from flaxprune.training import initial_state_fn, prepare
     from flaxprune.training.steps import make_train_step
 
     run = prepare(config, "/nonexistent")  # builds model, optimizer, data; writes nothing
-    state = jax.jit(_create_state_fn(run))()
+    state = jax.jit(initial_state_fn(run.task, run.tx, config.train.seed, config.train.batch_size))()
     step = jax.jit(
         make_train_step(run.task, run.tx, prune=run.prune, target_fn=run.target_fn, gate=run.model_config.plan.gate),
         donate_argnums=0,
@@ -83,9 +83,7 @@ def main(argv=None) -> int:
         print(f"{data / 'enwik6'} is missing: pass --data=DIR holding the 1 MB enwik8 prefix 'enwik6'.")
         return 2
 
-    from flaxprune.training import inspect
-    from flaxprune.training.finalize import load_reduced, time_forward
-    from flaxprune.training.loop import train
+    from flaxprune.training import load_reduced, load_run, time_forward, train
 
     workdir = pathlib.Path(args.workdir)
     summaries = {}
@@ -99,7 +97,7 @@ def main(argv=None) -> int:
     # Side by side: the dense model and the reduced models, same batch, same process.
     c = config_for(None, data, args.steps)
     tokens = np.random.default_rng(0).integers(0, 256, (c.train.speed_batch_size, c.train.seq_len)).astype(np.int32)
-    dense_model, dense_params, _, _ = inspect.load_run(workdir / "dense")
+    dense_model, dense_params, _, _ = load_run(workdir / "dense")
     models = {"dense": (dense_model, jax.device_get(dense_params))}
     for name, target in RUNS[1:]:
         model, params, _ = load_reduced(workdir / name / "reduced")

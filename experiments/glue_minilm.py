@@ -38,21 +38,27 @@ VARIANTS = ("dense", "svd", "flop")  # dense fine-tuning, truncated SVD at the t
 def equal_size_rank(checkpoint: str, target: float) -> tuple[int, float]:
     """The one SVD rank at which the encoder projections together hold ``1 - target`` of the dense weights.
 
-    A rank-r factorization of an ``in x out`` kernel holds ``r (in + out)``
-    weights, so the uniform rank is ``(1 - target) sum(in * out) / sum(in + out)``
-    over a layer's projections (q, k, v, attention output: H x H; FFN: H x I
-    and I x H), rounded down: 128 for MiniLM-L6-H384 at 0.5.
+    Read from the shapes of the gated, factorized model the checkpoint's
+    config builds (``jax.eval_shape``, nothing computed), through
+    :func:`flaxprune.uniform_rank` on the ``'dense'`` basis: a rank-r cut of
+    an ``in x out`` projection keeps ``r (in + out)`` weights of its
+    ``in * out``; 128 for MiniLM-L6-H384 at 0.5.
 
     Returns:
       ``(rank, sparsity)``: the rank and the sparsity it gives (>= ``target``).
     """
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from flaxprune import uniform_rank
+    from flaxprune.models import BertClassifier
     from flaxprune.models.bert_checkpoint import minilm_path, read_config
 
-    cfg = read_config(checkpoint or minilm_path())
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    dense, per_rank = 4 * h * h + 2 * h * i, 4 * 2 * h + 2 * (h + i)
-    rank = max(1, min(int((1 - target) * dense // per_rank), h, i))
-    return rank, 1 - rank * per_rank / dense
+    config = dataclasses.replace(read_config(checkpoint or minilm_path()), factorized=True, gated=True)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    shapes = jax.eval_shape(BertClassifier(config).init, jax.random.key(0), ids)["params"]
+    return uniform_rank(shapes, target, basis="dense")
 
 
 def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> object:
@@ -159,9 +165,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from flaxprune.size import report
-    from flaxprune.training import inspect
-    from flaxprune.training.finalize import load_reduced, time_forward
-    from flaxprune.training.loop import train
+    from flaxprune.training import load_reduced, load_run, time_forward, train
 
     workdir = pathlib.Path(args.workdir)
     for task in args.tasks.split(","):  # a bad per-task flag fails here, not after the first runs
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
             if prune:
                 model, params, config = load_reduced(workdir / name / "reduced")
             else:
-                model, params, config, _ = inspect.load_run(workdir / name)
+                model, params, config, _ = load_run(workdir / name)
             rows_ = [r for r in report(params, plan=config.plan) if "/encoder/" in r.path]
             ranks = {r.path.split("/encoder/")[1]: r.rank for r in rows_} if prune else {}
             flops[name] = sum(r.flops_per_token for r in rows_)

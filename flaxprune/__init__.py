@@ -6,10 +6,12 @@ EMNLP 2020 (arXiv 1910.04732). Users write ``import flaxprune as fp`` and use
 """
 
 from flaxprune.gates import (
+    GATE_PARAM,
     GateConfig,
     HardConcreteGate,
     deterministic_mask,
     expected_l0,
+    is_gate_param,
     log_alpha_init,
     prob_nonzero,
     sample,
@@ -46,6 +48,7 @@ from flaxprune.size import (
     prunable_params,
     report,
     total_params,
+    uniform_rank,
 )
 from flaxprune.spectral import component_scales, spectral_gates, spectral_log_alpha
 from flaxprune.surgery import factorize, factorize_params, shrink
@@ -53,6 +56,7 @@ from flaxprune.surgery import factorize, factorize_params, shrink
 __version__ = "0.1.0"
 
 __all__ = [
+    "GATE_PARAM",
     "AdaptiveEmbedding",
     "AdaptiveSoftmax",
     "AdaptiveSpec",
@@ -79,6 +83,7 @@ __all__ = [
     "hard_params",
     "hard_sparsity",
     "init_multipliers",
+    "is_gate_param",
     "log_alpha_init",
     "noam_schedule",
     "open_sparsity",
@@ -93,4 +98,5 @@ __all__ = [
     "spectral_log_alpha",
     "target_schedule",
     "total_params",
+    "uniform_rank",
 ]

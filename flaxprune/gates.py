@@ -30,10 +30,12 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "GATE_PARAM",
     "GateConfig",
     "HardConcreteGate",
     "deterministic_mask",
     "expected_l0",
+    "is_gate_param",
     "log_alpha_init",
     "prob_nonzero",
     "sample",
@@ -41,6 +43,16 @@ __all__ = [
 
 GATES_RNG = "gates"  # name of the rng stream gates sample from
 EVAL_MASKS = ("flop", "clip")
+GATE_PARAM = "log_alpha"  # a layer's gate vector; an adaptive layer numbers one per cluster: log_alpha_0, ...
+
+
+def is_gate_param(name: object) -> bool:
+    """Whether a params key names a gate vector (``log_alpha``, ``log_alpha_0``, ...).
+
+    The one rule for telling gates from weights: the optimizer gives gates
+    their own rate, warm starts keep fresh gates, and surgery drops them.
+    """
+    return isinstance(name, str) and name.startswith(GATE_PARAM)
 
 
 @dataclasses.dataclass(frozen=True)

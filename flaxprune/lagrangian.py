@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxprune.gates import is_gate_param
+
 __all__ = [
     "GradientAscentState",
     "flop_optimizer",
@@ -49,7 +51,6 @@ __all__ = [
 ]
 
 LAGRANGIAN_KEY = "lagrangian"  # top-level key of the multipliers in the trainable pytree
-GATE_PREFIX = "log_alpha"  # leaves whose own key starts with this are gate parameters
 _MULTIPLIER_NAMES = ("lambda_1", "lambda_2")
 
 ScalarOrSchedule = float | optax.Schedule
@@ -226,7 +227,7 @@ def _label(path: tuple[Any, ...], _) -> str:
     head, last = (path[0], path[-1]) if path else (None, None)
     if isinstance(head, jax.tree_util.DictKey) and head.key == LAGRANGIAN_KEY:
         return "multipliers"
-    if isinstance(last, jax.tree_util.DictKey) and isinstance(last.key, str) and last.key.startswith(GATE_PREFIX):
+    if isinstance(last, jax.tree_util.DictKey) and is_gate_param(last.key):
         return "gates"
     return "weights"
 

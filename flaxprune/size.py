@@ -34,7 +34,7 @@ Two bases for the sparsity, one definition (``1 - kept / basis``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxprune.gates import DEFAULT_GATE, GateConfig, deterministic_mask, prob_nonzero
-from flaxprune.layers import LAYOUTS, FactorizedSpec, GateGroup, InputGatedSpec, LayerRow, Layout
+from flaxprune.layers import FactorizedSpec, GateGroup, InputGatedSpec, LayerRow
+from flaxprune.param_tree import layer_nodes, node_at
 from flaxprune.plan import Plan
 
 __all__ = [
@@ -53,11 +54,11 @@ __all__ = [
     "gate_groups",
     "hard_params",
     "hard_sparsity",
-    "layer_nodes",
     "open_sparsity",
     "prunable_params",
     "report",
     "total_params",
+    "uniform_rank",
 ]
 
 
@@ -67,24 +68,6 @@ BASES = ("factors", "dense")
 def _check_basis(basis: str, fn: str) -> None:
     if basis not in BASES:
         raise ValueError(f"{fn}: basis={basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
-
-
-def layer_nodes(params: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Layout]]:
-    """Yields ``(path, node, layout)`` for every node a layout recognises, in tree order."""
-
-    def walk(node, prefix):
-        for layout in LAYOUTS:
-            if layout.match(node):
-                yield prefix, node, layout
-                return
-        for key in sorted(node):
-            child = node[key]
-            if isinstance(child, Mapping):
-                yield from walk(child, f"{prefix}/{key}" if prefix else str(key))
-
-    if not isinstance(params, Mapping):
-        raise ValueError(f"params must be a nested mapping (a Flax params dict), got {type(params).__name__}.")
-    yield from walk(params, "")
 
 
 def gate_groups(params: Mapping[str, Any]) -> list[tuple[str, GateGroup]]:
@@ -166,6 +149,40 @@ def hard_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, ba
     return 1.0 - hard_params(params, gate, basis) / prunable_params(params, basis)
 
 
+def uniform_rank(params: Mapping[str, Any], sparsity: float, basis: str = "factors") -> tuple[int, float]:
+    """The largest rank ``r`` that, kept by every gated layer alike, reaches ``sparsity``.
+
+    Each gate group of ``n`` gates costing ``c`` weights each keeps
+    ``min(r, n) * c`` weights at rank ``r``; the baseline of uniform
+    truncation (every factorized projection cut to its top ``r`` singular
+    components) is this. Needs only shapes (works on ``jax.eval_shape``
+    output of the gated model).
+
+    Args:
+      params: params of a gated model at full size.
+      sparsity: the sparsity to reach, in ``[0, 1)``.
+      basis: the sparsity basis (``'factors'`` or ``'dense'``).
+
+    Returns:
+      ``(rank, sparsity at that rank)``, the latter ``>= sparsity``; rank 0
+      when even rank 1 keeps too much.
+
+    Raises:
+      ValueError: for a sparsity outside ``[0, 1)``, an unknown basis, or params without gates.
+    """
+    _check_basis(basis, "uniform_rank")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"uniform_rank: sparsity={sparsity!r} must be in [0, 1).")
+    groups = [(int(g.log_alpha.shape[-1]), g.cost_per_gate) for _, g in _groups_or_raise(params, "uniform_rank")]
+    budget = (1 - sparsity) * prunable_params(params, basis)
+
+    def kept(r: int) -> int:
+        return sum(min(r, n) * c for n, c in groups)
+
+    rank = max((r for r in range(max(n for n, _ in groups) + 1) if kept(r) <= budget), default=0)
+    return rank, 1 - kept(rank) / prunable_params(params, basis)
+
+
 def total_params(params: Any) -> int:
     """Number of scalars in a pytree."""
     return sum(int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(params))
@@ -185,19 +202,10 @@ def report(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, plan: Pla
             isinstance(spec, InputGatedSpec) and spec.keep == ()
         )
         if empty and path not in seen:
-            node = _lookup(params, path) or {}
+            node = node_at(params, path) or {}
             n_out = int(np.shape(node["bias"])[0]) if "bias" in node else 0
             rows.append(LayerRow(path, "bias_only", (0, n_out), 0, 0, n_out, 0, False))
     return rows
-
-
-def _lookup(params: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
-    node: Any = params
-    for key in path.split("/") if path else ():
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def format_report(rows: list[LayerRow]) -> str:

@@ -31,6 +31,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from flaxprune.gates import GATE_PARAM
+from flaxprune.layers import FACTORIZED_LAYOUT, Layout
+from flaxprune.param_tree import map_layer_nodes
+
 __all__ = ["component_scales", "spectral_gates", "spectral_log_alpha"]
 
 
@@ -92,18 +96,16 @@ def spectral_gates(params: Mapping[str, Any], low: float, high: float) -> dict[s
     _check_range("spectral_gates", low, high)
     found = []
 
-    def walk(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        if {"P", "Q", "log_alpha"} <= set(node):
-            found.append(prefix)
-            la = spectral_log_alpha(component_scales(node["P"], node["Q"]), low, high)
-            return {**node, "log_alpha": jnp.asarray(la, jnp.asarray(node["log_alpha"]).dtype)}
-        return {
-            k: walk(v, f"{prefix}/{k}" if prefix else str(k)) if isinstance(v, Mapping) else v for k, v in node.items()
-        }
+    def start(path: str, node: Mapping[str, Any], layout: Layout) -> Mapping[str, Any]:
+        if layout is not FACTORIZED_LAYOUT or GATE_PARAM not in node:
+            return node
+        found.append(path)
+        la = spectral_log_alpha(component_scales(node["P"], node["Q"]), low, high)
+        return {**node, GATE_PARAM: jnp.asarray(la, jnp.asarray(node[GATE_PARAM]).dtype)}
 
     if not isinstance(params, Mapping):
         raise ValueError(f"spectral_gates: params must be a nested mapping, got {type(params).__name__}.")
-    out = walk(params, "")
+    out = map_layer_nodes(start, params)
     if not found:
         raise ValueError(
             "spectral_gates: params hold no gated factorized layer ('P', 'Q' and 'log_alpha' in one node); "

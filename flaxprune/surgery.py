@@ -16,15 +16,17 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import threadpoolctl
 
-from flaxprune.layers import LAYOUTS, AdaptiveSpec, FactorizedSpec, InputGatedSpec
+from flaxprune.gates import is_gate_param
+from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec, Layout
 from flaxprune.layers.layout import to_numpy
+from flaxprune.param_tree import layout_of, map_layer_nodes, node_at
 from flaxprune.plan import Plan
-from flaxprune.size import layer_nodes
 
 __all__ = ["factorize", "factorize_params", "shrink"]
 
@@ -119,7 +121,7 @@ def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, 
             if isinstance(leaf, Mapping):
                 child = dense.get(key) if dense is not None else None
                 out[key] = fill(leaf, child if isinstance(child, Mapping) else None, path)
-            elif str(key).startswith("log_alpha"):
+            elif is_gate_param(key):
                 out[key] = leaf
             else:
                 if dense is None or key not in dense:
@@ -134,23 +136,13 @@ def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, 
         return out
 
     result = fill(twin_params, dense_params, "")
-    unused = sorted(
-        p for p in _leaf_paths(dense_params) if p not in used
-    )
+    unused = sorted(p for p in traverse_util.flatten_dict(dict(dense_params), sep="/") if p not in used)
     if unused:
         raise ValueError(
             f"factorize_params: dense params have no place in the twin: {unused[:5]}"
             f"{' ...' if len(unused) > 5 else ''}; the two models must have the same module paths."
         )
     return result
-
-
-def _leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
-    paths = []
-    for key, leaf in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        paths.extend(_leaf_paths(leaf, path) if isinstance(leaf, Mapping) else [path])
-    return paths
 
 
 def _plan_of(config: Any) -> Plan:
@@ -165,15 +157,6 @@ def _plan_of(config: Any) -> Plan:
     return plan
 
 
-def _node_at(params: Mapping[str, Any], path: str) -> Any:
-    node: Any = params
-    for key in path.split("/") if path else ():
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
 def _has_no_weights(spec: Any) -> bool:
     return (isinstance(spec, FactorizedSpec) and spec.rank == 0 and not spec.merged) or (
         isinstance(spec, InputGatedSpec) and spec.keep == ()
@@ -182,8 +165,8 @@ def _has_no_weights(spec: Any) -> bool:
 
 def _check_plan(params: Mapping[str, Any], plan: Plan) -> None:
     for path, spec in plan.layers:
-        node = _node_at(params, path)
-        layout = next((lay for lay in LAYOUTS if isinstance(node, Mapping) and lay.match(node)), None)
+        node = node_at(params, path)
+        layout = layout_of(node)
         if layout is None:
             if _has_no_weights(spec):
                 continue
@@ -193,19 +176,6 @@ def _check_plan(params: Mapping[str, Any], plan: Plan) -> None:
                 "Pass the params and the config that built them together."
             )
         layout.check(path, node, spec)
-
-
-def _replace(tree: Mapping[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of ``tree`` with the node at ``path`` replaced (removed when ``value`` is None)."""
-    head, _, rest = path.partition("/")
-    out = dict(tree)
-    if rest:
-        out[head] = _replace(tree[head], rest, value)
-    elif value is None:
-        out.pop(head)
-    else:
-        out[head] = value
-    return out
 
 
 def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], Config]:
@@ -241,13 +211,15 @@ def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], C
             "shrink: got the variables dict {'params': ...}; pass variables['params'] so that paths are module paths."
         )
     _check_plan(params, plan)
-    work = [(path, node, layout) for path, node, layout in layer_nodes(params) if layout.groups(node)]
-    new_params: dict[str, Any] = dict(params)
     specs = {}
-    for path, node, layout in work:
-        node_out, spec = layout.shrink(path, node, plan.gate)
-        new_params = _replace(new_params, path, node_out) if path else dict(node_out or {})
-        specs[path] = spec
+
+    def cut(path: str, node: Mapping[str, Any], layout: Layout) -> Mapping[str, Any] | None:
+        if not layout.groups(node):
+            return node  # an ungated layer stays as it is
+        node_out, specs[path] = layout.shrink(path, node, plan.gate)
+        return node_out
+
+    new_params = map_layer_nodes(cut, params)
     new_plan = plan.with_specs(specs)
     if isinstance(config, Plan):
         return new_params, new_plan

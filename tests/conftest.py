@@ -1,4 +1,10 @@
-"""Shared test setup: run on CPU, keep float32 defaults, and find ../shared data."""
+"""Shared test setup: run on CPU, keep float32 defaults, find ../shared data, and the test tiers.
+
+Two tiers: ``make test-fast`` runs the unit tests (``-m "not e2e"``, about two
+minutes on 2 cores); ``make test`` (and CI) runs everything. A test that trains
+a run end to end, builds a package or runs a script is marked
+``@pytest.mark.e2e``.
+"""
 
 import os
 import pathlib
@@ -8,6 +14,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end (a training run, a built wheel, a script); skipped by make test-fast")
 
 
 @pytest.fixture

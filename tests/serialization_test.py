@@ -40,13 +40,13 @@ def test_saved_config_without_a_newer_field_still_matches():
     # A checkpoint written before GateConfig.eval_mask existed resumes: the field takes its default.
     import json
 
-    from flaxprune.training.loop import _same_config
+    from flaxprune.training.loop import same_model_config
 
     cfg = fp.Plan(gate=fp.GateConfig(beta=2 / 3)).with_specs({"a": fp.FactorizedSpec(rank=3)})
     tree = json.loads(config_to_json(cfg))
     del tree["gate"]["eval_mask"]
     old = json.dumps(tree)
-    assert _same_config(old, cfg)
-    assert not _same_config(old, dataclasses.replace(cfg, gate=fp.GateConfig(beta=2 / 3, eval_mask="clip")))
-    assert not _same_config(old, fp.Plan())
-    assert not _same_config("{not json", cfg)
+    assert same_model_config(old, cfg)
+    assert not same_model_config(old, dataclasses.replace(cfg, gate=fp.GateConfig(beta=2 / 3, eval_mask="clip")))
+    assert not same_model_config(old, fp.Plan())
+    assert not same_model_config("{not json", cfg)

@@ -2,8 +2,9 @@
 
 from flaxprune.layers.adaptive import AdaptiveEmbedding, AdaptiveSoftmax, AdaptiveSpec, adaptive_clusters, nll
 from flaxprune.layers.adaptive_layout import ADAPTIVE_LAYOUT
+from flaxprune.layers.dense_layout import DENSE_LAYOUT
 from flaxprune.layers.factorized import FACTORIZED_LAYOUT, FactorizedDense, FactorizedSpec, default_rank
-from flaxprune.layers.input_gated import DENSE_LAYOUT, INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec
+from flaxprune.layers.input_gated import INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec
 from flaxprune.layers.layout import GateGroup, LayerRow, Layout
 
 # First match wins: gated kinds before the plain dense kernel.

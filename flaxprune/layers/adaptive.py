@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.gates import gate_values, log_alpha_init
+from flaxprune.gates import GATE_PARAM, gate_values, log_alpha_init
 from flaxprune.plan import Plan
 
 __all__ = [
@@ -161,7 +161,7 @@ def _make_cluster_params(module: nn.Module, clusters, spec: AdaptiveSpec) -> tup
         proj = module.param(f"projection_{i}", module.projection_init, (d_i, module.d_proj), module.param_dtype)
         la = None
         if spec.gated:
-            la = module.param(f"log_alpha_{i}", log_alpha_init(gate.drop_rate, gate.init_std), (d_i,), jnp.float32)
+            la = module.param(f"{GATE_PARAM}_{i}", log_alpha_init(gate.drop_rate, gate.init_std), (d_i,), jnp.float32)
         out.append((emb, proj, la))
     return tuple(out)
 

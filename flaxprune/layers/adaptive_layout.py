@@ -16,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.gates import GateConfig, deterministic_mask
+from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask
 from flaxprune.layers.adaptive import AdaptiveSpec
 from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
 
@@ -50,9 +50,9 @@ def _match(node: Node) -> bool:
 def _groups(node: Node) -> list[GateGroup]:
     out = []
     for i in range(_n_clusters(node)):
-        if f"log_alpha_{i}" in node:
+        if f"{GATE_PARAM}_{i}" in node:
             cost = int(node[f"embedding_{i}"].shape[0] + node[f"projection_{i}"].shape[1])
-            out.append(GateGroup(f"log_alpha_{i}", node[f"log_alpha_{i}"], cost))
+            out.append(GateGroup(f"{GATE_PARAM}_{i}", node[f"{GATE_PARAM}_{i}"], cost))
     return out
 
 
@@ -65,7 +65,7 @@ def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
     d_proj = _d_proj(node)
     rows = []
     for i in range(_n_clusters(node)):
-        emb, bias, la = node.get(f"embedding_{i}"), node.get(f"bias_{i}"), node.get(f"log_alpha_{i}")
+        emb, bias, la = node.get(f"embedding_{i}"), node.get(f"bias_{i}"), node.get(f"{GATE_PARAM}_{i}")
         if emb is None and bias is None:
             continue
         n_i = int(emb.shape[0] if emb is not None else bias.shape[0])
@@ -88,7 +88,7 @@ def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
 
 
 def _shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, AdaptiveSpec]:
-    weight_keys = {f"{k}_{i}" for i in range(_n_clusters(node)) for k in ("embedding", "projection", "log_alpha")}
+    weight_keys = {f"{k}_{i}" for i in range(_n_clusters(node)) for k in ("embedding", "projection", GATE_PARAM)}
     out = {k: v for k, v in node.items() if k not in weight_keys}  # bias_i, cluster_kernel, cluster_bias
     dims = []
     for i in range(_n_clusters(node)):
@@ -96,11 +96,11 @@ def _shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, Adapt
             dims.append(0)
             continue
         emb_in, proj_in = node[f"embedding_{i}"], node[f"projection_{i}"]
-        if f"log_alpha_{i}" not in node:
+        if f"{GATE_PARAM}_{i}" not in node:
             out[f"embedding_{i}"], out[f"projection_{i}"] = emb_in, proj_in
             dims.append(int(emb_in.shape[1]))
             continue
-        mask = to_numpy(deterministic_mask(node[f"log_alpha_{i}"], gate))
+        mask = to_numpy(deterministic_mask(node[f"{GATE_PARAM}_{i}"], gate))
         keep = np.flatnonzero(mask)
         dims.append(int(keep.size))
         if keep.size == 0:
@@ -117,7 +117,7 @@ def _check(path: str, node: Node, spec: Any) -> None:
     if _n_clusters(node) > len(spec.dims):
         raise mismatch(path, "the number of clusters", _n_clusters(node), len(spec.dims))
     for i, d in enumerate(spec.dims):
-        emb, proj, la = (node.get(f"{k}_{i}") for k in ("embedding", "projection", "log_alpha"))
+        emb, proj, la = (node.get(f"{k}_{i}") for k in ("embedding", "projection", GATE_PARAM))
         if d == 0:
             if emb is not None or proj is not None or la is not None:
                 raise mismatch(path, f"cluster {i}'s params", "present", "none (0 dims)")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.gates import GateConfig, deterministic_mask, gate_values, log_alpha_init
+from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask, gate_values, log_alpha_init
 from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
 from flaxprune.plan import Plan
 
@@ -123,7 +123,7 @@ class FactorizedDense(nn.Module):
             if spec.gated:
                 deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
                 log_alpha = self.param(
-                    "log_alpha",
+                    GATE_PARAM,
                     log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std),
                     (spec.rank,),
                     jnp.float32,
@@ -151,18 +151,18 @@ def _match(node: Node) -> bool:
 
 
 def _groups(node: Node) -> list[GateGroup]:
-    if "log_alpha" not in node:
+    if GATE_PARAM not in node:
         return []
     p, q = node["P"], node["Q"]
-    return [GateGroup("log_alpha", node["log_alpha"], int(p.shape[0] + q.shape[1]))]
+    return [GateGroup(GATE_PARAM, node[GATE_PARAM], int(p.shape[0] + q.shape[1]))]
 
 
 def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
     n_in, rank = node["P"].shape
     n_out = node["Q"].shape[1]
     kept = rank
-    if "log_alpha" in node:
-        kept = int(np.count_nonzero(np.asarray(deterministic_mask(node["log_alpha"], gate))))
+    if GATE_PARAM in node:
+        kept = int(np.count_nonzero(np.asarray(deterministic_mask(node[GATE_PARAM], gate))))
     bias = size(node.get("bias", ()))
     return [
         LayerRow(
@@ -173,13 +173,13 @@ def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
             full_rank=int(rank),
             params=kept * int(n_in + n_out) + bias,
             flops_per_token=2 * kept * int(n_in + n_out),
-            gated="log_alpha" in node,
+            gated=GATE_PARAM in node,
         )
     ]
 
 
 def _shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, FactorizedSpec]:
-    la = node["log_alpha"]
+    la = node[GATE_PARAM]
     p, q = to_numpy(node["P"]), to_numpy(node["Q"])
     dtype = np.asarray(node["Q"]).dtype
     mask = to_numpy(deterministic_mask(la, gate))
@@ -205,10 +205,10 @@ def _check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "the params", "factors P, Q", "a merged kernel")
     if node["P"].shape[1] != spec.rank or node["Q"].shape[0] != spec.rank:
         raise mismatch(path, "the rank of P/Q", (node["P"].shape[1], node["Q"].shape[0]), spec.rank)
-    if ("log_alpha" in node) != spec.gated:
-        raise mismatch(path, "gated", "log_alpha" in node, spec.gated)
-    if "log_alpha" in node and node["log_alpha"].shape != (spec.rank,):
-        raise mismatch(path, "log_alpha's shape", node["log_alpha"].shape, (spec.rank,))
+    if (GATE_PARAM in node) != spec.gated:
+        raise mismatch(path, "gated", GATE_PARAM in node, spec.gated)
+    if GATE_PARAM in node and node[GATE_PARAM].shape != (spec.rank,):
+        raise mismatch(path, "log_alpha's shape", node[GATE_PARAM].shape, (spec.rank,))
 
 
 def _dense_params(node: Node) -> int:

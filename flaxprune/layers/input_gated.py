@@ -17,12 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.gates import GateConfig, deterministic_mask, gate_values, log_alpha_init
-from flaxprune.layers.factorized import FactorizedSpec
+from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask, gate_values, log_alpha_init
 from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
 from flaxprune.plan import Plan
 
-__all__ = ["InputGatedDense", "InputGatedSpec", "INPUT_GATED_LAYOUT", "DENSE_LAYOUT"]
+__all__ = ["INPUT_GATED_LAYOUT", "InputGatedDense", "InputGatedSpec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +99,7 @@ class InputGatedDense(nn.Module):
         if spec.gated:
             deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
             log_alpha = self.param(
-                "log_alpha", log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std), (n_in,), jnp.float32
+                GATE_PARAM, log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std), (n_in,), jnp.float32
             )
             if self.per_example_gates and not deterministic and x.ndim > 1:
                 z = gate_values(self, log_alpha, self.plan.gate, deterministic, (x.shape[0],))
@@ -117,16 +116,16 @@ class InputGatedDense(nn.Module):
 
 
 def _ig_match(node: Node) -> bool:
-    return "kernel" in node and "log_alpha" in node and np.ndim(node["kernel"]) == 2
+    return "kernel" in node and GATE_PARAM in node and np.ndim(node["kernel"]) == 2
 
 
 def _ig_groups(node: Node) -> list[GateGroup]:
-    return [GateGroup("log_alpha", node["log_alpha"], int(node["kernel"].shape[1]))]
+    return [GateGroup(GATE_PARAM, node[GATE_PARAM], int(node["kernel"].shape[1]))]
 
 
 def _ig_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
     n_in, n_out = node["kernel"].shape
-    kept = int(np.count_nonzero(np.asarray(deterministic_mask(node["log_alpha"], gate))))
+    kept = int(np.count_nonzero(np.asarray(deterministic_mask(node[GATE_PARAM], gate))))
     return [
         LayerRow(
             path=path,
@@ -142,7 +141,7 @@ def _ig_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
 
 
 def _ig_shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, InputGatedSpec]:
-    mask = to_numpy(deterministic_mask(node["log_alpha"], gate))
+    mask = to_numpy(deterministic_mask(node[GATE_PARAM], gate))
     keep = np.flatnonzero(mask)
     out = {} if "bias" not in node else {"bias": node["bias"]}
     if keep.size:
@@ -162,44 +161,3 @@ def _ig_check(path: str, node: Node, spec: Any) -> None:
 
 
 INPUT_GATED_LAYOUT = Layout("input_gated", _ig_match, _ig_groups, _ig_rows, _ig_shrink, _ig_check)
-
-
-def _dense_match(node: Node) -> bool:
-    return "kernel" in node and "log_alpha" not in node and np.ndim(node["kernel"]) == 2
-
-
-def _dense_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
-    n_in, n_out = node["kernel"].shape
-    return [
-        LayerRow(
-            path=path,
-            kind="dense",
-            shape=(int(n_in), int(n_out)),
-            rank=int(min(n_in, n_out)),
-            full_rank=int(min(n_in, n_out)),
-            params=int(n_in * n_out) + size(node.get("bias", ())),
-            flops_per_token=2 * int(n_in * n_out),
-            gated=False,
-        )
-    ]
-
-
-def _dense_shrink(path: str, node: Node, gate: GateConfig):
-    raise AssertionError("a dense node has no gates to shrink")
-
-
-def _dense_check(path: str, node: Node, spec: Any) -> None:
-    if isinstance(spec, FactorizedSpec):
-        if not spec.merged:
-            raise mismatch(path, "the params", "a dense kernel", f"factors of rank {spec.rank}")
-    elif isinstance(spec, InputGatedSpec):
-        if spec.gated:
-            raise mismatch(path, "gated", False, True)
-        n_in = node["kernel"].shape[0]
-        if spec.keep is not None and len(spec.keep) != n_in:
-            raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
-    else:
-        raise mismatch(path, "the layer kind", "dense (kernel)", type(spec).__name__)
-
-
-DENSE_LAYOUT = Layout("dense", _dense_match, lambda node: [], _dense_rows, _dense_shrink, _dense_check)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
-from flaxprune.gates import log_alpha_init
+from flaxprune.gates import is_gate_param, log_alpha_init
 from flaxprune.models.bert import INIT_STD, BertClassifier, BertConfig, BertEncoder
 from flaxprune.surgery import factorize_params
 
@@ -285,7 +285,7 @@ def _twin_params(config: BertConfig, classifier: bool, key: jax.Array | None) ->
     flat = flax.traverse_util.flatten_dict(shapes)
     twin = {}
     for index, (path, s) in enumerate(sorted(flat.items())):
-        if str(path[-1]).startswith("log_alpha"):
+        if is_gate_param(path[-1]):
             twin[path] = init(jax.random.fold_in(key, index), s.shape, s.dtype)
         else:
             twin[path] = jnp.zeros(s.shape, s.dtype)

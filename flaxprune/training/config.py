@@ -9,10 +9,19 @@ from typing import Any
 import numpy as np
 import optax
 
+from flaxprune.gates import GateConfig
 from flaxprune.lagrangian import noam_schedule
+from flaxprune.plan import Plan
 from flaxprune.size import BASES
 
-__all__ = ["SCHEDULES", "learning_rate_schedule", "load_config_file", "validate"]
+__all__ = [
+    "SCHEDULES",
+    "batch_sizes",
+    "learning_rate_schedule", "load_config_file",
+    "plan_from_config",
+    "sparsity_basis",
+    "validate",
+]
 
 SCHEDULES = ("constant", "noam", "linear_warmup", "cosine", "linear")
 SECTIONS = ("model", "data", "train", "optim", "prune")
@@ -45,7 +54,7 @@ def validate(config: Any) -> None:
     if not 0 <= p.target < 1:
         raise ValueError(f"config.prune.target={p.target!r} must be in [0, 1).")
     _positive_int("prune", "target_warmup", p.target_warmup, minimum=0)
-    if p.get("basis", "factors") not in BASES:
+    if sparsity_basis(config) not in BASES:
         raise ValueError(f"config.prune.basis={p.basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
     gate_init = p.get("gate_init", "constant")
     if gate_init not in GATE_INITS:
@@ -59,6 +68,26 @@ def validate(config: Any) -> None:
             )
     if not p.best_tolerance >= 0:
         raise ValueError(f"config.prune.best_tolerance={p.best_tolerance!r} must be >= 0.")
+
+
+def plan_from_config(config: Any) -> Plan:
+    """The model's plan; an unpruned run has no gates, so its gate settings are the defaults."""
+    use = config.prune.enabled and "gate" in config.prune
+    return Plan(gate=GateConfig(**dict(config.prune.gate)) if use else GateConfig())
+
+
+def batch_sizes(train: Any) -> dict[str, int]:
+    """The global batch sizes a task takes from ``config.train``: training, evaluation, inference timing."""
+    return {
+        "batch_size": train.batch_size,
+        "eval_batch_size": train.eval_batch_size,
+        "speed_batch_size": train.get("speed_batch_size", train.eval_batch_size),
+    }
+
+
+def sparsity_basis(config: Any) -> str:
+    """``config.prune.basis`` (:mod:`flaxprune.size`): ``'factors'`` (the default) or ``'dense'``."""
+    return str(config.prune.get("basis", "factors"))
 
 
 def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:

@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from flaxprune.models import model_for
-from flaxprune.serialization import config_from_json, config_to_json
 from flaxprune.size import hard_sparsity, prunable_params, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import CheckpointStore
+from flaxprune.training.checkpoint import RunFiles, load_reduced, save_reduced
 
-__all__ = ["finalize", "load_reduced", "save_reduced", "time_forward"]
-
-
-def save_reduced(directory: str | pathlib.Path, params: Any, config: Any) -> None:
-    """Saves a model's params and its config (JSON) as one orbax checkpoint; reloads without the original config."""
-    store = CheckpointStore(directory, keep=1)
-    store.save(0, jax.device_get(params), {"model_config": config_to_json(config)})
-    store.close()
-
-
-def load_reduced(directory: str | pathlib.Path) -> tuple[Any, Any, Any]:
-    """``(model, params, config)`` from :func:`save_reduced`'s directory.
-
-    The params come back with the shapes they were saved with; the config
-    (with its plan) builds the module that takes them.
-
-    Raises:
-      FileNotFoundError: if there is no saved model there.
-    """
-    directory = pathlib.Path(directory).absolute()
-    manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
-    if step is None:
-        manager.close()
-        raise FileNotFoundError(f"load_reduced: no saved model under {directory}.")
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-    manager.close()
-    config = config_from_json(out["meta"]["model_config"])
-    return model_for(config), out["state"], config
+__all__ = ["finalize", "time_forward"]
 
 
 def time_forward(model: Any, params: Any, inputs: tuple, repeats: int = 10) -> float:
@@ -78,8 +46,9 @@ def finalize(run: Any, params: Any, log: Callable[[str], None] = print) -> dict[
         return summary
     gate = run.model_config.plan.gate
     small, small_config = shrink(params, run.model_config)
-    save_reduced(run.workdir / "reduced", small, small_config)
-    model, small, _ = load_reduced(run.workdir / "reduced")  # prove it reloads without the original config
+    reduced_dir = RunFiles(run.workdir).reduced
+    save_reduced(reduced_dir, small, small_config)
+    model, small, _ = load_reduced(reduced_dir)  # prove it reloads without the original config
     small = jax.device_put(small, jax.tree.map(lambda _: sharding.replicated(run.mesh), small))
     reduced_task = task.with_model(model, small_config)
     reduced_metrics = {**reduced_task.evaluate(small, "valid"), **reduced_task.evaluate(small, "test")}
@@ -101,6 +70,6 @@ def finalize(run: Any, params: Any, log: Callable[[str], None] = print) -> dict[
         f"{'reduced':<20}{summary['reduced_params']:>12,}  {_fmt(reduced_metrics)}  "
         f"{summary['reduced_seconds_per_batch'] * 1e3:.1f} ms/batch\n"
         f"hard sparsity {summary['hard_sparsity']:.3f} (target {summary['target']}), inference speedup "
-        f"x{summary['speedup']:.2f} (batch {shape}), reduced model in {run.workdir / 'reduced'}"
+        f"x{summary['speedup']:.2f} (batch {shape}), reduced model in {reduced_dir}"
     )
     return summary

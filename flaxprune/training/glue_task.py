@@ -27,9 +27,9 @@ from flaxprune.data.glue_metrics import primary_metric, task_metrics
 from flaxprune.data.tokenizer import WordPieceTokenizer
 from flaxprune.models.bert import BertClassifier
 from flaxprune.models.bert_checkpoint import load_hf_bert, minilm_path
-from flaxprune.plan import Plan
 from flaxprune.surgery import factorize_params
 from flaxprune.training import sharding
+from flaxprune.training.config import batch_sizes, plan_from_config
 
 __all__ = ["GlueTask", "build_glue_task"]
 
@@ -137,7 +137,7 @@ def _encode(tokenizer: WordPieceTokenizer, split: tuple, max_length: int) -> dic
     return arrays
 
 
-def build_glue_task(config: Any, mesh: Any, plan: Plan) -> GlueTask:
+def build_glue_task(config: Any, mesh: Any) -> GlueTask:
     """Loads the GLUE task, tokenizes it, reads the checkpoint and builds the model of ``config``.
 
     ``config.model.checkpoint`` is an HF-format folder (``''``: the installed
@@ -172,9 +172,8 @@ def build_glue_task(config: Any, mesh: Any, plan: Plan) -> GlueTask:
     bert_config, encoder = load_hf_bert(folder, num_labels=task.num_labels, **overrides)
     factorized = prune or bool(m.get("factorized", False))
     model_config = dataclasses.replace(
-        bert_config, factorized=factorized, gated=prune, rank=m.get("rank"), plan=plan
+        bert_config, factorized=factorized, gated=prune, rank=m.get("rank"), plan=plan_from_config(config)
     )
-    t = config.train
     return GlueTask(
         model=BertClassifier(model_config),
         model_config=model_config,
@@ -183,8 +182,6 @@ def build_glue_task(config: Any, mesh: Any, plan: Plan) -> GlueTask:
         dev=dev,
         pretrained=encoder,
         mesh=mesh,
-        batch_size=t.batch_size,
-        eval_batch_size=t.eval_batch_size,
-        speed_batch_size=t.get("speed_batch_size", t.eval_batch_size),
-        seed=t.seed,
+        seed=config.train.seed,
+        **batch_sizes(config.train),
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import orbax.checkpoint as ocp
+from flax import traverse_util
 
+from flaxprune.gates import is_gate_param
 from flaxprune.surgery import factorize_params
+from flaxprune.training.checkpoint import RunFiles, read_latest
 
 __all__ = ["load_initial_params"]
 
@@ -25,21 +27,16 @@ def load_initial_params(source: str | pathlib.Path, twin_params: Any) -> Any:
       ValueError: if the two models' params do not correspond.
     """
     path = pathlib.Path(source).absolute()
-    for candidate in (path / "best", path / "checkpoints", path):
-        if candidate.is_dir():
-            manager = ocp.CheckpointManager(candidate)
-            step = manager.latest_step()
-            if step is not None:
-                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-                manager.close()
-                params = restored["state"]["trainable"]["params"]
-                return factorize_params(_drop_gates(params), twin_params)
-            manager.close()
+    files = RunFiles(path)
+    for candidate in (files.best, files.checkpoints, path):
+        found = read_latest(candidate, with_meta=False)
+        if found is not None:
+            params = found[0]["trainable"]["params"]
+            return factorize_params(_drop_gates(params), twin_params)
     raise FileNotFoundError(f"init_from: no checkpoint under {path} (looked in best/, checkpoints/ and the folder).")
 
 
-def _drop_gates(tree: Any) -> Any:
+def _drop_gates(params: Any) -> Any:
     """The source's gates are not carried over: the new run's gates start fresh."""
-    if not isinstance(tree, dict):
-        return tree
-    return {k: _drop_gates(v) for k, v in tree.items() if not str(k).startswith("log_alpha")}
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not is_gate_param(k[-1])})

@@ -4,28 +4,84 @@ Batches are FLOP's contiguous streams; the model's carry (SRU state,
 Transformer-XL memory) crosses batches, is reset at the start of every epoch,
 and is cut from the gradient (truncated backpropagation through time). The
 score is bits per token on the validation split, the state carried across the
-whole split.
+whole split (:class:`Evaluator`). :func:`build_lm_task` builds the task an
+experiment config describes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from flaxprune.data.batching import StreamBatcher
-from flaxprune.training.evaluate import LOG2E, Evaluator
+from flaxprune.data.batching import StreamBatcher, batchify
+from flaxprune.training import sharding
+from flaxprune.training.config import batch_sizes, plan_from_config
 
-__all__ = ["LanguageModelingTask", "token_nll"]
+__all__ = ["LOG2E", "Evaluator", "LanguageModelingTask", "build_lm_task", "make_eval_step", "token_nll"]
+
+LOG2E = 1.4426950408889634  # bits per nat
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-token cross-entropy in nats, ``[batch, time]``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def make_eval_step(model: Any) -> Callable[..., tuple[jax.Array, Any]]:
+    """``eval_step(params, carry, x, y) -> (sum of nll in nats, new carry)`` with deterministic masks."""
+
+    def eval_step(params, carry, x, y):
+        logits, new_carry = model.apply({"params": params}, x, carry, deterministic=True)
+        return jnp.sum(token_nll(logits, y)), new_carry
+
+    return eval_step
+
+
+class Evaluator:
+    """Bits per token of a split under deterministic masks.
+
+    The split is cut into ``batch_size`` contiguous streams (FLOP's
+    ``create_batches``) read ``seq_len`` tokens at a time, the carried state
+    starting at zero and never reset, so every token but the first of each
+    stream is predicted with its full left context. On several hosts each
+    feeds its own rows.
+    """
+
+    def __init__(self, model: Any, mesh: Mesh, batch_size: int, seq_len: int):
+        sharding.check_divisible("eval batch_size", batch_size, mesh)
+        self.model, self.mesh, self.batch_size, self.seq_len = model, mesh, batch_size, seq_len
+        self._step = jax.jit(make_eval_step(model))
+
+    def nll(self, params: Any, ids: np.ndarray) -> tuple[float, int]:
+        """(total nll in nats, number of tokens predicted)."""
+        x_all, y_all = batchify(ids, self.batch_size)  # [batch, n]
+        carry = self.model.initial_carry(self.batch_size)
+        carry = jax.device_put(carry, sharding.carry_sharding(carry, self.mesh))
+        total, count = 0.0, 0
+        rows = slice(None)
+        if jax.process_count() > 1:
+            per = self.batch_size // jax.process_count()
+            rows = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+        for start in range(0, x_all.shape[1], self.seq_len):
+            x = sharding.put_batch(x_all[rows, start : start + self.seq_len].astype(np.int32), self.mesh)
+            y = sharding.put_batch(y_all[rows, start : start + self.seq_len].astype(np.int32), self.mesh)
+            s, carry = self._step(params, carry, x, y)
+            total += float(s)
+            count += int(np.prod(y.shape))
+        return total, count
+
+    def bpc(self, params: Any, ids: np.ndarray) -> float:
+        """Bits per token (bits per character for byte-level data)."""
+        total, count = self.nll(params, ids)
+        return LOG2E * total / count
 
 
 class _Batches:
@@ -109,3 +165,30 @@ class LanguageModelingTask:
 
     def with_model(self, model: Any, model_config: Any) -> "LanguageModelingTask":
         return dataclasses.replace(self, model=model, model_config=model_config)
+
+
+def build_lm_task(config: Any, mesh: Mesh) -> LanguageModelingTask:
+    """The language-modeling task of an experiment config: its corpus loaded, its model built.
+
+    Raises:
+      ValueError: for an unknown corpus or model field; FileNotFoundError for missing data.
+    """
+    from flaxprune.data.corpus import load_corpus  # tfds: imported when a corpus is needed
+    from flaxprune.models import build_model
+
+    data = {k: v for k, v in dict(config.data).items() if v is not None}
+    data["data_dir"] = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
+    corpus = load_corpus(**data)
+    fields = dict(config.model)
+    name = fields.pop("name")
+    model, model_config = build_model(
+        name, **fields, vocab_size=corpus.vocab_size, gated=bool(config.prune.enabled), plan=plan_from_config(config)
+    )
+    return LanguageModelingTask(
+        model=model,
+        model_config=model_config,
+        corpus=corpus,
+        mesh=mesh,
+        seq_len=config.train.seq_len,
+        **batch_sizes(config.train),
+    )

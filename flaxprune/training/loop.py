@@ -31,15 +31,15 @@ from flaxprune.serialization import config_from_json, config_to_json
 from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import CheckpointStore
-from flaxprune.training.config import learning_rate_schedule, validate
+from flaxprune.training.checkpoint import CheckpointStore, RunFiles
+from flaxprune.training.config import learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
-from flaxprune.training.state import TrainState, init_state
+from flaxprune.training.state import TrainState, abstract_target, initial_state_fn, state_shardings
 from flaxprune.training.steps import make_train_step
-from flaxprune.training.tasks import build_task
+from flaxprune.training.task import build_task
 
-__all__ = ["NonFiniteLossError", "Run", "prepare", "train"]
+__all__ = ["NonFiniteLossError", "Run", "prepare", "same_model_config", "train"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,7 +66,7 @@ class Run:
     @property
     def basis(self) -> str:
         """The sparsity basis (:mod:`flaxprune.size`): ``'factors'`` or ``'dense'``."""
-        return _basis(self.config)
+        return sparsity_basis(self.config)
 
     @property
     def model_config(self) -> Any:
@@ -89,17 +89,7 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
     sharding.check_divisible("config.train.eval_batch_size", config.train.eval_batch_size, mesh)
     task = build_task(config, mesh)
     model_json = config_to_json(task.model_config)
-    ckpt_dir = workdir / "checkpoints"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        store = CheckpointStore(ckpt_dir, config.train.keep_checkpoints)
-        if store.latest_step() is not None:
-            saved = store.read_meta()["model_config"]
-            if not _same_config(saved, task.model_config):
-                raise ValueError(
-                    f"{ckpt_dir} holds a checkpoint of a different model config; use a new --workdir or the "
-                    f"config that made it.\nsaved:   {saved}\ncurrent: {model_json}"
-                )
-        store.close()
+    _check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config, model_json)
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
     o = config.optim
     tx = flop_optimizer(
@@ -112,39 +102,35 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
     target_fn = target_schedule(0.0, 0)  # unpruned: no penalty, the target is only logged
     if config.prune.enabled:  # the ramp starts where the model starts: every gate open (shapes only)
         shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-        start = open_sparsity(shapes, _basis(config))
+        start = open_sparsity(shapes, sparsity_basis(config))
         target_fn = target_schedule(config.prune.target, config.prune.target_warmup, start=start)
     return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
 
 
-def _basis(config: Any) -> str:
-    return str(config.prune.get("basis", "factors"))
+def _check_existing_checkpoint(ckpt_dir: pathlib.Path, config: Any, model_config: Any, model_json: str) -> None:
+    """Refuses a workdir whose checkpoints hold another model (a resume must rebuild the same shapes)."""
+    if not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+        return
+    store = CheckpointStore(ckpt_dir, config.train.keep_checkpoints)
+    try:
+        if store.latest_step() is None:
+            return
+        saved = store.read_meta()["model_config"]
+    finally:
+        store.close()
+    if not same_model_config(saved, model_config):
+        raise ValueError(
+            f"{ckpt_dir} holds a checkpoint of a different model config; use a new --workdir or the "
+            f"config that made it.\nsaved:   {saved}\ncurrent: {model_json}"
+        )
 
 
-def _same_config(saved_json: str, config: Any) -> bool:
+def same_model_config(saved_json: str, config: Any) -> bool:
     """Whether a checkpoint's saved model config is ``config`` (fields added since take their defaults)."""
     try:
         return config_from_json(saved_json) == config
     except (ValueError, TypeError):
         return False
-
-
-def _state_shardings(run: Run, abstract: TrainState) -> TrainState:
-    repl = sharding.replicated(run.mesh)
-    shardings = jax.tree.map(lambda _: repl, abstract)
-    return shardings.replace(carry=sharding.carry_sharding(abstract.carry, run.mesh))
-
-
-def _create_state_fn(run: Run) -> Callable[[], TrainState]:
-    cfg = run.config
-
-    def create():
-        root = jax.random.key(cfg.train.seed)
-        init_key, train_key = jax.random.split(root)
-        params = run.task.init_params(init_key)
-        return init_state(params, run.tx, train_key, run.task.initial_carry(cfg.train.batch_size))
-
-    return create
 
 
 @contextlib.contextmanager
@@ -164,6 +150,160 @@ def _preemption_flag():
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class _Checkpoints:
+    """The run's two stores (keep-N ``checkpoints/`` and ``best/``) and what every save records beside the state."""
+
+    def __init__(self, run: Run, batcher: Any):
+        files = RunFiles(run.workdir)
+        self.latest = CheckpointStore(files.checkpoints, run.config.train.keep_checkpoints)
+        self.best = CheckpointStore(files.best, 1)
+        self._model_json, self._batcher = run.model_json, batcher
+        self.best_score = float("-inf")  # kept as "higher is better"
+
+    def save(self, store: CheckpointStore, state: TrainState) -> None:
+        """Saves ``state``; refuses (NonFiniteLossError) a state whose loss went non-finite."""
+        if not bool(state.finite):
+            raise self.non_finite(int(state.step), "nothing was saved, and ")
+        meta = {"model_config": self._model_json, "data": self._batcher.state(), "best_score": self.best_score}
+        store.save(int(state.step), state, meta)
+
+    def non_finite(self, step: int, what: str = "", loss: Any = None) -> NonFiniteLossError:
+        at = f"at or before step {step}" + ("" if loss is None else f" (loss={loss})")
+        return NonFiniteLossError(
+            f"the loss became non-finite {at}; {what}the last good checkpoint (step {self.latest.latest_step()}) in "
+            f"{self.latest.directory} is intact. Lower config.optim.learning_rate or config.optim.clip_norm, "
+            "then resume."
+        )
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def _warm_start(run: Run, fresh: Any) -> tuple[Any | None, str]:
+    """Params to start from instead of ``fresh`` (pretrained, an earlier run, gates from the spectrum), or None."""
+    cfg = run.config
+    params, source = run.task.initial_params(fresh), "the task's pretrained weights"
+    if cfg.get("init_from"):
+        params, source = load_initial_params(cfg.init_from, fresh), cfg.init_from
+    if run.prune and cfg.prune.get("gate_init", "constant") == "spectral":
+        if params is None:
+            raise ValueError(
+                "config.prune.gate_init='spectral' sets each gate from its singular value, which needs a warm "
+                "start: a task with pretrained weights (BERT) or config.init_from; use gate_init='constant'."
+            )
+        params = spectral_gates(jax.device_get(params), *cfg.prune.gate_range)
+        source += f", gates from the spectrum in {tuple(cfg.prune.gate_range)}"
+    return params, source
+
+
+def _resume_or_start(
+    run: Run,
+    ckpts: _Checkpoints,
+    batcher: Any,
+    create: Callable[[], TrainState],
+    target: TrainState,
+    log: Callable[[str], None],
+) -> TrainState:
+    """The newest checkpoint's state (the batcher and best score restored with it), or a fresh (warm) start.
+
+    ``target`` is the abstract state with its shardings, which a restore fills and a fresh state is built to.
+    """
+    state_sh = jax.tree.map(lambda a: a.sharding, target)
+    if ckpts.latest.latest_step() is not None:
+        state, meta = ckpts.latest.restore(target)
+        batcher.restore(meta["data"])
+        ckpts.best_score = meta.get("best_score", ckpts.best_score)
+        log(f"resumed from step {int(state.step)} in {ckpts.latest.directory}")
+        return state
+    state = jax.jit(create, out_shardings=state_sh)()
+    params, source = _warm_start(run, state.params)
+    if params is None:
+        return state
+    params = jax.device_put(params, jax.tree.map(lambda _: sharding.replicated(run.mesh), params))
+    log(f"initialised from {source}")
+    return state.replace(trainable={**state.trainable, "params": params})
+
+
+def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[dict], dict]]:
+    """The jitted, state-donating train step and the function that puts a host batch on the mesh."""
+    step_fn = make_train_step(
+        run.task,
+        run.tx,
+        prune=run.prune,
+        target_fn=run.target_fn,
+        gate=run.model_config.plan.gate,
+        basis=run.basis,
+        learning_rate_fn=run.lr_fn,
+    )
+    repl = sharding.replicated(run.mesh)
+    spec = run.task.batch_spec()
+    batch_sh = {k: sharding.batch_sharding(run.mesh) if split else repl for k, split in spec.items()}
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+
+    def to_device(host: dict) -> dict:
+        return {k: sharding.put_batch(v, run.mesh) if spec[k] else np.asarray(v) for k, v in host.items()}
+
+    return train_step, to_device
+
+
+class _Throughput:
+    """Examples per second between two logged steps."""
+
+    def __init__(self, step: int, examples_per_step: int):
+        self._t, self._step, self._per = time.perf_counter(), step, examples_per_step
+        self.rate = float("nan")
+
+    def tick(self, step: int) -> float:
+        now = time.perf_counter()
+        self.rate = (step - self._step) * self._per / max(now - self._t, 1e-9)
+        self._t, self._step = now, step
+        return self.rate
+
+
+def _evaluate(run: Run, state: TrainState, done: int) -> dict[str, float]:
+    """The task's valid metrics with deterministic masks, plus hard and expected sparsity and the target."""
+    ev = run.task.evaluate(state.params, "valid")
+    if run.prune:
+        gate = run.model_config.plan.gate
+        ev["hard_sparsity"] = float(hard_sparsity(state.params, gate, run.basis))
+        ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis))
+        ev["target"] = float(run.target_fn(done))
+    return ev
+
+
+def _eval_line(run: Run, done: int, ev: dict[str, float], metrics: dict[str, Any], rate: float) -> str:
+    task = run.task
+    train_part = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in metrics if k in ("loss", "bpc", "accuracy"))
+    line = (
+        f"step {done}: {task.score_name}{' (eval mask)' if run.prune else ''} {ev[task.score_name]:.4f} | "
+        f"train{' (sampled gates)' if run.prune else ''} {train_part}"
+    )
+    if run.prune:
+        line += (
+            f" | sparsity hard {ev['hard_sparsity']:.3f} expected {ev['expected_sparsity']:.3f} "
+            f"target {ev['target']:.3f} | lambda {float(metrics['lambda_1']):+.3f} {float(metrics['lambda_2']):+.3f}"
+        )
+    return line + f" | {rate:,.1f} sequences/s"
+
+
+def _at_target(run: Run, ev: dict[str, float]) -> bool:
+    """FLOP's rule for the best checkpoint: only at a hard sparsity of at least the target less the tolerance."""
+    return not run.prune or ev["hard_sparsity"] >= run.config.prune.target - run.config.prune.best_tolerance
+
+
+def _final_params(ckpts: _Checkpoints, state: TrainState, target: TrainState) -> tuple[Any, str]:
+    """The best checkpoint's params when there is one, else the last state's."""
+    if ckpts.best.latest_step() is None:
+        return state.params, "last"
+    best_state, _ = ckpts.best.restore(target)
+    return best_state.params, f"best (step {int(best_state.step)})"
+
+
+def _due(done: int, every: int, total: int) -> bool:
+    return done % every == 0 or done == total
 
 
 def train(
@@ -189,150 +329,68 @@ def train(
     """
     from flaxprune.training.finalize import finalize  # the end of a run: shrink, save, evaluate, time
 
+    # --- Build everything and check it; nothing is written before this returns.
     run = prepare(config, workdir)
-    cfg, mesh = run.config, run.mesh
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    store = CheckpointStore(run.workdir / "checkpoints", cfg.train.keep_checkpoints)
-    best_store = CheckpointStore(run.workdir / "best", 1)
-    writer = MetricsWriter(run.workdir)
-    (run.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1), encoding="utf-8")
+    cfg, task, files = run.config, run.task, RunFiles(workdir)
 
-    create = _create_state_fn(run)
-    abstract = jax.eval_shape(create)
-    state_sh = _state_shardings(run, abstract)
-    task = run.task
+    # --- The run directory.
+    files.workdir.mkdir(parents=True, exist_ok=True)
     batcher = task.train_batches(jax.process_index(), jax.process_count())
-    sign = 1.0 if task.higher_is_better else -1.0  # best_score is kept as "higher is better"
-    best_score = float("-inf")
-    if store.latest_step() is not None:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-        state, meta = store.restore(target)
-        batcher.restore(meta["data"])
-        best_score = meta.get("best_score", best_score)
-        log(f"resumed from step {int(state.step)} in {store.directory}")
-    else:
-        state = jax.jit(create, out_shardings=state_sh)()
-        params, source = task.initial_params(state.params), "the task's pretrained weights"
-        if cfg.get("init_from"):
-            params, source = load_initial_params(cfg.init_from, state.params), cfg.init_from
-        if run.prune and cfg.prune.get("gate_init", "constant") == "spectral":
-            if params is None:
-                raise ValueError(
-                    "config.prune.gate_init='spectral' sets each gate from its singular value, which needs a warm "
-                    "start: a task with pretrained weights (BERT) or config.init_from; use gate_init='constant'."
-                )
-            params = spectral_gates(jax.device_get(params), *cfg.prune.gate_range)
-            source += f", gates from the spectrum in {tuple(cfg.prune.gate_range)}"
-        if params is not None:
-            params = jax.device_put(params, jax.tree.map(lambda _: sharding.replicated(mesh), params))
-            state = state.replace(trainable={**state.trainable, "params": params})
-            log(f"initialised from {source}")
+    ckpts = _Checkpoints(run, batcher)
+    writer = MetricsWriter(files.workdir)
+    files.config.write_text(cfg.to_json_best_effort(indent=1), encoding="utf-8")
 
-    step_fn = make_train_step(
-        task,
-        run.tx,
-        prune=run.prune,
-        target_fn=run.target_fn,
-        gate=run.model_config.plan.gate,
-        basis=run.basis,
-        learning_rate_fn=run.lr_fn,
-    )
-    repl = sharding.replicated(mesh)
-    spec = task.batch_spec()
-    batch_sh = {k: sharding.batch_sharding(mesh) if split else repl for k, split in spec.items()}
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-    gate = run.model_config.plan.gate
+    # --- The state: resumed from the newest checkpoint, or fresh.
+    create = initial_state_fn(task, run.tx, cfg.train.seed, cfg.train.batch_size)
+    abstract = jax.eval_shape(create)
+    state_sh = state_shardings(abstract, run.mesh)
+    target = abstract_target(abstract, state_sh)
+    state = _resume_or_start(run, ckpts, batcher, create, target, log)
+    train_step, to_device = _compile_step(run, state_sh)
 
-    def meta() -> dict[str, Any]:
-        return {"model_config": run.model_json, "data": batcher.state(), "best_score": best_score}
-
-    def save(store_: CheckpointStore, state_: TrainState) -> None:
-        if not bool(state_.finite):
-            raise NonFiniteLossError(
-                f"the loss became non-finite at or before step {int(state_.step)}; nothing was saved, and the last "
-                f"good checkpoint (step {store.latest_step()}) in {store.directory} is intact. Lower "
-                "config.optim.learning_rate or config.optim.clip_norm, then resume."
-            )
-        store_.save(int(state_.step), state_, meta())
-
-    start_step = int(state.step)
-    examples_per_step = cfg.train.batch_size
-    bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not progress, dynamic_ncols=True, unit="step")
-    t_last, s_last, rate = time.perf_counter(), start_step, float("nan")
+    # --- Train: log, evaluate (keeping the best), checkpoint, stop cleanly on SIGTERM.
+    sign = 1.0 if task.higher_is_better else -1.0
+    start, total = int(state.step), cfg.train.steps
+    meter = _Throughput(start, cfg.train.batch_size)
+    bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
     status = "done"
     with _preemption_flag() as flag:
-        for step in range(start_step, cfg.train.steps):
-            host = next(batcher)
-            batch = {k: sharding.put_batch(v, mesh) if spec[k] else np.asarray(v) for k, v in host.items()}
-            state, metrics = train_step(state, batch)
+        for step in range(start, total):
+            state, metrics = train_step(state, to_device(next(batcher)))
             done = step + 1
             bar.update(1)
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                m = to_python(metrics)
-                now = time.perf_counter()
-                rate = (done - s_last) * examples_per_step / max(now - t_last, 1e-9)
-                t_last, s_last = now, done
-                m["examples_per_s"] = rate
+            if _due(done, cfg.train.log_every, total):
+                m = {**to_python(metrics), "examples_per_s": meter.tick(done)}
                 writer.write(done, "train", m)
                 if not bool(state.finite):
                     bar.close()
-                    raise NonFiniteLossError(
-                        f"the loss became non-finite at or before step {done} (loss={m['loss']}); the last good "
-                        f"checkpoint (step {store.latest_step()}) in {store.directory} is intact. Lower "
-                        "config.optim.learning_rate or config.optim.clip_norm, then resume."
-                    )
+                    raise ckpts.non_finite(done, loss=m["loss"])
                 bar.set_postfix(loss=f"{m['loss']:.3f}", s=f"{m['expected_sparsity']:.3f}", t=f"{m['target']:.3f}")
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                ev = task.evaluate(state.params, "valid")
-                if run.prune:
-                    ev["hard_sparsity"] = float(hard_sparsity(state.params, gate, run.basis))
-                    ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis))
-                    ev["target"] = float(run.target_fn(done))
+            if _due(done, cfg.train.eval_every, total):
+                ev = _evaluate(run, state, done)
                 writer.write(done, "eval", ev)
-                train_part = ", ".join(
-                    f"{k} {float(metrics[k]):.4f}" for k in metrics if k in ("loss", "bpc", "accuracy")
-                )
-                log(
-                    f"step {done}: {task.score_name}{' (eval mask)' if run.prune else ''} {ev[task.score_name]:.4f} | "
-                    f"train{' (sampled gates)' if run.prune else ''} {train_part}"
-                    + (
-                        f" | sparsity hard {ev['hard_sparsity']:.3f} expected {ev['expected_sparsity']:.3f} "
-                        f"target {ev['target']:.3f} | lambda {float(metrics['lambda_1']):+.3f} "
-                        f"{float(metrics['lambda_2']):+.3f}"
-                        if run.prune
-                        else ""
-                    )
-                    + f" | {rate:,.1f} sequences/s"
-                )
-                at_target = not run.prune or ev["hard_sparsity"] >= cfg.prune.target - cfg.prune.best_tolerance
-                if at_target and sign * ev[task.score_name] > best_score:
-                    best_score = sign * ev[task.score_name]
-                    save(best_store, state)
+                log(_eval_line(run, done, ev, metrics, meter.rate))
+                if _at_target(run, ev) and sign * ev[task.score_name] > ckpts.best_score:
+                    ckpts.best_score = sign * ev[task.score_name]
+                    ckpts.save(ckpts.best, state)
             if on_step is not None:
                 on_step(done)
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
-                save(store, state)
-            if flag["stop"] and done < cfg.train.steps:
-                save(store, state)
+            if _due(done, cfg.train.checkpoint_every, total):
+                ckpts.save(ckpts.latest, state)
+            if flag["stop"] and done < total:
+                ckpts.save(ckpts.latest, state)
                 status = "preempted"
-                log(f"SIGTERM: saved step {done} to {store.directory}; rerun the same command to resume.")
+                log(f"SIGTERM: saved step {done} to {ckpts.latest.directory}; rerun the same command to resume.")
                 break
     bar.close()
     if status == "preempted":
-        store.close()
-        best_store.close()
+        ckpts.close()
         return {"status": status, "step": int(state.step)}
-    final_params = state.params
-    source = "last"
-    if best_store.latest_step() is not None:
-        best_abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
-        )
-        best_state, best_meta = best_store.restore(best_abstract)
-        final_params, source = best_state.params, f"best (step {int(best_state.step)})"
-    store.close()
-    best_store.close()
+
+    # --- The end: the best params, shrunk, saved, reloaded, evaluated and timed.
+    final_params, source = _final_params(ckpts, state, target)
+    ckpts.close()
     summary = finalize(run, final_params, log=log)
-    summary.update(status="done", step=int(state.step), final_params_from=source, train_sequences_per_s=rate)
-    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    summary.update(status="done", step=int(state.step), final_params_from=source, train_sequences_per_s=meter.rate)
+    files.summary.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary

@@ -17,6 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = [
     "batch_sharding",
+    "carry_sharding",
     "check_divisible",
     "initialize_distributed",
     "make_mesh",

@@ -1,11 +1,13 @@
-"""What the training loop needs from a kind of experiment.
+"""What the training loop needs from a kind of experiment, and the builder that picks one.
 
 The loop (:mod:`flaxprune.training.loop`) knows models only through a
 :class:`Task`: language modeling (:mod:`flaxprune.training.lm_task`) carries
 a recurrent state across batches and scores bits per token; GLUE
 classification (:mod:`flaxprune.training.glue_task`) has no carry and scores
 the task's GLUE metric. Everything else (the combined optimizer, the
-Lagrangian, sharding, checkpoints, preemption, shrink) is shared.
+Lagrangian, sharding, checkpoints, preemption, shrink) is shared. Each task's
+builder lives in that task's file; :func:`build_task` picks one by
+``config.task``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, Protocol
 
 import jax
 
-__all__ = ["Task"]
+__all__ = ["TASKS", "Task", "build_task"]
+
+TASKS = ("lm", "glue")
 
 
 class Task(Protocol):
@@ -49,3 +53,24 @@ class Task(Protocol):
 
     def with_model(self, model: Any, model_config: Any) -> "Task":
         """The same task around another model (the reduced one)."""
+
+
+def build_task(config: Any, mesh: Any) -> Task:
+    """The task of ``config.task`` (default ``'lm'``), with its data loaded and its model built.
+
+    The task modules are imported here, on first use: a language model run
+    never imports the GLUE tokenizer, and the reverse.
+
+    Raises:
+      ValueError: for an unknown task or model field; FileNotFoundError for missing data.
+    """
+    name = config.get("task", "lm")
+    if name == "lm":
+        from flaxprune.training.lm_task import build_lm_task
+
+        return build_lm_task(config, mesh)
+    if name == "glue":
+        from flaxprune.training.glue_task import build_glue_task
+
+        return build_glue_task(config, mesh)
+    raise ValueError(f"config.task={name!r} is not a task; accepted: {list(TASKS)}.")

@@ -7,7 +7,7 @@ import sys
 import chex
 import pytest
 
-from flaxprune.training import inspect, loop
+from flaxprune.training import loop, runs
 from flaxprune.training.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -62,10 +62,10 @@ def test_flop_fine_tuning_shrinks_to_the_same_dev_metrics(setup, tmp_path):
     assert summary["sparsity_basis"] == "dense" and summary["prunable_params"] < summary["params"]
     targets = [r["target"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
     assert targets[0] < 0 and targets[-1] == pytest.approx(0.5)  # the ramp starts at the all-open sparsity
-    assert "log_alpha" in json.dumps(inspect.report_checkpoint(tmp_path)) or "factorized" in inspect.report_checkpoint(
+    assert "log_alpha" in json.dumps(runs.report_checkpoint(tmp_path)) or "factorized" in runs.report_checkpoint(
         tmp_path
     )
-    assert inspect.evaluate_run(tmp_path, "valid", reduced=True)["valid_accuracy"] == pytest.approx(
+    assert runs.evaluate_run(tmp_path, "valid", reduced=True)["valid_accuracy"] == pytest.approx(
         summary["reduced_valid_accuracy"]
     )
 
@@ -86,7 +86,7 @@ def test_dense_baseline_and_resume(setup, tmp_path):
     loop.train(cfg, tmp_path / "cut", log=logs.append, progress=False)
     assert any("resumed from step 3" in line for line in logs)
 
-    chex.assert_trees_all_equal(inspect.load_run(tmp_path / "cut")[1], inspect.load_run(tmp_path / "full")[1])
+    chex.assert_trees_all_equal(runs.load_run(tmp_path / "cut")[1], runs.load_run(tmp_path / "full")[1])
 
 
 def test_unknown_task_is_refused_before_writing(setup, tmp_path):

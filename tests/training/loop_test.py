@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxprune.training import inspect, loop
+from flaxprune.training import loop, runs
 from flaxprune.training.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_run_finishes_and_reduced_model_matches(finished):
         assert (workdir / name).is_file()
     kinds = {line.split('"kind": "')[1].split('"')[0] for line in (workdir / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"train", "eval"}
-    reloaded = inspect.evaluate_run(workdir, "test", reduced=True)
+    reloaded = runs.evaluate_run(workdir, "test", reduced=True)
     assert reloaded["test_bpc"] == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
 
 
@@ -68,8 +68,8 @@ def test_sigterm_saves_and_resume_is_exact(finished, tmp_path, data_dir):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
     second = loop.train(cfg, tmp_path, log=lambda _: None, progress=False)
     assert second["status"] == "done"
-    _, resumed, _, step = inspect.load_run(tmp_path)
-    _, uninterrupted, _, full_step = inspect.load_run(full_dir)
+    _, resumed, _, step = runs.load_run(tmp_path)
+    _, uninterrupted, _, full_step = runs.load_run(full_dir)
     assert step == full_step == 12
     chex.assert_trees_all_equal(resumed, uninterrupted)
 
@@ -91,7 +91,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
     cfg = tiny_config(**{"data.data_dir": data_dir})
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite at or before step 6.*step 4"):
         loop.train(cfg, tmp_path, log=lambda _: None, progress=False)
-    _, params, _, step = inspect.load_run(tmp_path)
+    _, params, _, step = runs.load_run(tmp_path)
     assert step == 4
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
@@ -142,13 +142,14 @@ def test_unknown_model_field_and_missing_data(tmp_path, data_dir):
 
 def test_init_from_an_earlier_run_copies_weights_and_keeps_fresh_gates(finished):
     from flaxprune.training.init_from import load_initial_params
+    from flaxprune.training.state import initial_state_fn
 
     cfg, workdir, _ = finished
     run = loop.prepare(cfg, workdir)
-    fresh = jax.jit(loop._create_state_fn(run))().params
+    fresh = jax.jit(initial_state_fn(run.task, run.tx, cfg.train.seed, cfg.train.batch_size))().params
     warm = load_initial_params(workdir, fresh)
     which = "best" if any(p.name.isdigit() for p in (workdir / "best").iterdir()) else "checkpoints"
-    _, trained, _, _ = inspect.load_run(workdir, which=which)  # init_from prefers the best checkpoint
+    _, trained, _, _ = runs.load_run(workdir, which=which)  # init_from prefers the best checkpoint
     chex.assert_trees_all_equal(warm["layers_1"]["W"]["P"], trained["layers_1"]["W"]["P"])
     chex.assert_trees_all_equal(warm["output"], trained["output"])
     chex.assert_trees_all_equal(warm["layers_1"]["W"]["log_alpha"], fresh["layers_1"]["W"]["log_alpha"])

@@ -13,14 +13,14 @@ SCRIPT = textwrap.dedent(
     import sys, jax, numpy as np
     sys.path.insert(0, {tests!r})
     from loop_test import tiny_config
-    from flaxprune.training import inspect, loop
+    from flaxprune.training import loop, runs
     assert jax.device_count() == 8, jax.devices()
     params = {{}}
     for n in (1, 8):
         cfg = tiny_config(**{{"data.data_dir": {data!r}, "train.num_devices": n, "train.steps": 4,
                              "train.batch_size": 8, "train.eval_batch_size": 8}})
         summary = loop.train(cfg, {work!r} + f"/{{n}}", log=lambda _: None, progress=False)
-        params[n] = inspect.load_run({work!r} + f"/{{n}}")[1]
+        params[n] = runs.load_run({work!r} + f"/{{n}}")[1]
     diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[8])))
     print("MAXDIFF", diff)

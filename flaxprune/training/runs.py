@@ -1,9 +1,8 @@
 """Work on a finished (or running) run's files: evaluate, shrink, report.
 
-These back the ``flaxprune eval | shrink | report`` commands. A run directory
-holds ``config.json`` (the experiment config), ``checkpoints/`` (training
-states whose metadata carries the model config as JSON) and, once finished,
-``reduced/`` (the shrunk model with its own config).
+These back the ``flaxprune eval | shrink | report`` commands. The run
+directory's layout (``config.json``, ``checkpoints/``, ``reduced/``, ...) and
+its reading belong to :mod:`flaxprune.training.checkpoint`.
 """
 
 from __future__ import annotations
@@ -14,21 +13,20 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from flaxprune.models import model_for
 from flaxprune.serialization import config_from_json
 from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.finalize import load_reduced, save_reduced
-from flaxprune.training.tasks import build_task
+from flaxprune.training.checkpoint import RunFiles, load_reduced, read_latest, save_reduced
+from flaxprune.training.task import build_task
 
 __all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
 
 
 def _experiment_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-    path = workdir / "config.json"
+    path = RunFiles(workdir).config
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {workdir} is not a flaxprune run directory.")
     return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
@@ -37,23 +35,20 @@ def _experiment_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 def load_run(workdir: str | pathlib.Path, which: str = "checkpoints") -> tuple[Any, Any, Any, int]:
     """``(model, params, model_config, step)`` of the newest checkpoint in ``workdir/<which>``.
 
+    Args:
+      workdir: a run directory.
+      which: ``'checkpoints'`` (the newest training state) or ``'best'``.
+
     Raises:
       FileNotFoundError: if there is no checkpoint.
     """
-    directory = pathlib.Path(workdir).absolute() / which
-    if not directory.is_dir():
+    directory = RunFiles(workdir).workdir / which
+    found = read_latest(directory)
+    if found is None:
         raise FileNotFoundError(f"no checkpoints under {directory}.")
-    manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
-    if step is None:
-        manager.close()
-        raise FileNotFoundError(f"no checkpoints under {directory}.")
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    )
-    manager.close()
-    config = config_from_json(restored["meta"]["model_config"])
-    return model_for(config), restored["state"]["trainable"]["params"], config, int(step)
+    state, meta, step = found
+    config = config_from_json(meta["model_config"])
+    return model_for(config), state["trainable"]["params"], config, step
 
 
 def evaluate_run(workdir: str | pathlib.Path, split: str = "valid", reduced: bool = False) -> dict[str, float]:
@@ -61,7 +56,7 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "valid", reduced: boo
     workdir = pathlib.Path(workdir)
     cfg = _experiment_config(workdir)
     if reduced:
-        model, params, config = load_reduced(workdir / "reduced")
+        model, params, config = load_reduced(RunFiles(workdir).reduced)
     else:
         model, params, config, _ = load_run(workdir)
     mesh = sharding.make_mesh(cfg.train.num_devices or None)
@@ -80,7 +75,7 @@ def shrink_run(workdir: str | pathlib.Path, output: str | pathlib.Path) -> tuple
 def report_checkpoint(path: str | pathlib.Path) -> str:
     """The per-layer report of a run's newest checkpoint or of a reduced model."""
     path = pathlib.Path(path)
-    if (path / "checkpoints").is_dir():
+    if RunFiles(path).checkpoints.is_dir():
         _, params, config, step = load_run(path)
         title = f"{path} (step {step})"
     else:
