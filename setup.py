@@ -30,7 +30,7 @@ setup(
     packages=find_packages(include=["flaxprune", "flaxprune.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8.0,<10", "pytest-xdist>=3.5,<4"]},
+    extras_require={"test": ["pytest>=8.0,<10", "pytest-xdist>=3.5,<4", "setuptools>=70.1,<85"]},
     entry_points={"console_scripts": ["flaxprune=flaxprune.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
