@@ -124,3 +124,27 @@ def test_open_sparsity_needs_only_shapes():
     shapes = jax.eval_shape(lambda: params)
     assert fp.open_sparsity(shapes) == 0.0
     assert fp.open_sparsity(shapes, "dense") == pytest.approx(1 - 34 / 32)
+
+
+def test_uniform_rank_hand_computed():
+    # inp: 5 gates x 4 weights, fac: 2 gates x (4 + 3); rank r keeps min(r, 5) * 4 + min(r, 2) * 7 of 34
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    assert fp.uniform_rank(params, 0.0) == (5, 0.0)
+    assert fp.uniform_rank(params, 0.5) == (1, pytest.approx(1 - 11 / 34))
+    assert fp.uniform_rank(params, 0.3) == (2, pytest.approx(1 - 22 / 34))
+    assert fp.uniform_rank(params, 0.9) == (0, 1.0)
+    # dense basis: inp stands for its 5 x 4 kernel, fac for a 4 x 3 one: 32 weights
+    assert fp.uniform_rank(params, 0.5, basis="dense") == (1, pytest.approx(1 - 11 / 32))
+    shapes = jax.eval_shape(lambda: params)
+    assert fp.uniform_rank(shapes, 0.5) == (1, pytest.approx(1 - 11 / 34))  # shapes suffice
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"sparsity": 1.0}, r"sparsity=1.0 must be in \[0, 1\)"), ({"sparsity": 0.5, "basis": "x"}, "basis='x'")],
+)
+def test_uniform_rank_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fp.uniform_rank(_params(), **kwargs)
+    with pytest.raises(ValueError, match="no gated layer"):
+        fp.uniform_rank({"head": {"kernel": jnp.ones((2, 2))}}, 0.5)
