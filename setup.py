@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.3,<2",
     "scipy>=1.11,<2",
     "threadpoolctl>=3.1,<4",
+    "lazy_loader>=0.4,<1",
 ]
 
 setup(

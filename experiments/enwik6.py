@@ -13,12 +13,12 @@ The data folder must hold ``enwik6`` (the first 10^6 bytes of enwik8; split
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 import jax
 import numpy as np
+from results_files import command_line, write_results  # experiments/, this script's folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = (("dense", None), ("flop_50", 0.5), ("flop_80", 0.8))
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     tokens = np.random.default_rng(0).integers(0, 256, (c.train.speed_batch_size, c.train.seq_len)).astype(np.int32)
     dense_model, dense_params, _, _ = load_run(workdir / "dense")
     models = {"dense": (dense_model, jax.device_get(dense_params))}
-    for name, target in RUNS[1:]:
+    for name, _ in RUNS[1:]:
         model, params, _ = load_reduced(workdir / name / "reduced")
         models[name] = (model, jax.device_get(params))
     seconds = {
@@ -129,10 +129,7 @@ def main(argv=None) -> int:
                 "speedup_vs_dense": seconds["dense"] / seconds[name],
             }
         )
-    results = pathlib.Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/enwik6.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (results / "enwik6_sru_small.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    command = command_line("enwik6.py", argv)
     lines = [
         "# sru_small on enwik6 (first 1 MB of enwik8; 90/5/5 split)",
         "",
@@ -150,7 +147,7 @@ def main(argv=None) -> int:
             f"| {r['run']} | {sparsity} | {r['params']:,} | {r['valid_bpc']:.3f} | {r['test_bpc']:.3f} | "
             f"{r['train_tokens_per_s']:,.0f} | {r['ms_per_batch']:.1f} | x{r['speedup_vs_dense']:.2f} |"
         )
-    (results / "enwik6_sru_small.md").write_text("\n".join(lines) + "\n")
+    write_results(args.results, "enwik6_sru_small", command, rows, lines)
     print("\n".join(lines))
     return 0
 

@@ -27,6 +27,7 @@ import sys
 
 import jax
 import numpy as np
+from results_files import command_line, write_results  # experiments/, this script's folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_SIZES = {"mrpc": 3667, "stsb": 5749, "sst2": 67349, "cola": 8551, "rte": 2490}
@@ -216,10 +217,7 @@ def main(argv=None) -> int:
         dense = row["run"].rsplit("_", 1)[0] + "_dense"
         row["speedup_vs_dense"] = timed[dense] / timed[row["run"]] if dense in timed else None
 
-    results = pathlib.Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/glue_minilm.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (results / "glue_minilm.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    command = command_line("glue_minilm.py", argv)
     lines = [
         "# MiniLM-L6-H384 on GLUE dev: dense fine-tuning, truncated SVD at equal size, FLOP",
         "",
@@ -263,7 +261,7 @@ def main(argv=None) -> int:
     for r in rows:
         if r["kept_ranks"]:
             lines += ["", f"{r['run']}:", "", rank_table(r["kept_ranks"])]
-    (results / "glue_minilm.md").write_text("\n".join(lines) + "\n")
+    write_results(args.results, "glue_minilm", command, rows, lines)
     print("\n".join(lines))
     return 0
 

@@ -43,7 +43,8 @@ def wheel(tmp_path_factory) -> pathlib.Path:
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "flaxprune", src / "flaxprune", ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)], src)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)]
+    _run([*build, str(src)], src)
     (found,) = dist.glob("flaxprune-*.whl")
     return found
 

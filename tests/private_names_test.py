@@ -2,7 +2,7 @@
 
 A name with one leading underscore is private to its module: another module
 that imports it (``from m import _f``), reads it off an imported module
-(``m._f``) or imports from a private module (``from jax._src import ...``)
+(``m._f``, ``getattr(m, "_f")``) or imports from a private module (``from jax._src import ...``)
 couples itself to what its owner may change at any time. What a caller needs
 is made public where it belongs. Dunder names (``__version__``) are public.
 """
@@ -46,19 +46,31 @@ def violations(source: str, filename: str = "<source>") -> list[str]:
             and node.value.id in modules
         ):
             found.append(f"{node.lineno}: {node.value.id}.{node.attr}")
+        elif (  # getattr(obj, "_name"): the same reach, spelled as a string
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+            and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls"))
+        ):
+            found.append(f"{node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
     return found
 
 
 @pytest.mark.parametrize(
     "source,expected",
     [
-        ("from flaxprune.training.loop import _create_state_fn", ["1: from flaxprune.training.loop import _create_state_fn"]),
+        ("from flaxprune.training.loop import _make", ["1: from flaxprune.training.loop import _make"]),
         ("from flaxprune.training import loop\nloop._create_state_fn(run)", ["2: loop._create_state_fn"]),
         ("import flaxprune.training.loop as L\nL._x", ["2: L._x"]),
         ("from jax._src import core", ["1: from jax._src import ..."]),
         ("import jax._src.core", ["1: import jax._src.core"]),
         ("from flaxprune import __version__\nimport flaxprune\nflaxprune.__version__", []),
-        ("class A:\n    def f(self):\n        return self._x", []),  # its own private state
+        ("getattr(dl_manager, '_manual_dir', None)", ["1: getattr(..., '_manual_dir')"]),
+        ("class A:\n    def f(self):\n        return self._x, getattr(self, '_y')", []),  # its own private state
         ("from __future__ import annotations\ndef _own(): pass\n_own()", []),
     ],
 )

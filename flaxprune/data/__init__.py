@@ -6,29 +6,23 @@ tensorflow_datasets takes about a second, which ``from flaxprune.data import
 stdlib_text`` (the demo) should not pay.
 """
 
-import importlib
+import lazy_loader
 
 from flaxprune.data.batching import Batch, StreamBatcher, batchify, num_segments
 from flaxprune.data.example_batching import ExampleBatcher, eval_batches
 from flaxprune.data.stdlib_corpus import split_bytes, stdlib_text
 
-_LAZY = {
-    "CORPUS_NAMES": "flaxprune.data.corpus",
-    "Corpus": "flaxprune.data.corpus",
-    "load_corpus": "flaxprune.data.corpus",
-    "read_stream": "flaxprune.data.corpus",
-    "Enwik8": "flaxprune.data.enwik8",
-    "enwik8_split_sizes": "flaxprune.data.enwik8",
-    "StdlibCorpus": "flaxprune.data.stdlib_builder",
-    "TextFile": "flaxprune.data.text_file",
-    "GLUE_TASKS": "flaxprune.data.glue",
-    "Glue": "flaxprune.data.glue",
-    "GlueTask": "flaxprune.data.glue",
-    "load_glue": "flaxprune.data.glue",
-    "primary_metric": "flaxprune.data.glue_metrics",
-    "task_metrics": "flaxprune.data.glue_metrics",
-    "WordPieceTokenizer": "flaxprune.data.tokenizer",
+_LAZY = {  # submodule -> the names it gives, imported on first use
+    "corpus": ["CORPUS_NAMES", "Corpus", "load_corpus", "read_stream"],
+    "enwik8": ["Enwik8", "enwik8_split_sizes"],
+    "stdlib_builder": ["StdlibCorpus"],
+    "text_file": ["TextFile"],
+    "glue": ["GLUE_TASKS", "Glue", "GlueTask", "load_glue"],
+    "glue_metrics": ["primary_metric", "task_metrics"],
+    "tokenizer": ["WordPieceTokenizer"],
 }
+
+__getattr__, _, _ = lazy_loader.attach(__name__, submod_attrs=_LAZY)
 
 __all__ = [
     "CORPUS_NAMES",
@@ -57,11 +51,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def __dir__():
-    return sorted(__all__)
+    return __all__  # the eager names too (lazy_loader's own lists only the lazy ones)

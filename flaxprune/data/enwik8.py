@@ -41,6 +41,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from flaxprune.data import builder_inputs
+
 __all__ = [
     "CHUNK_SIZE",
     "ENWIK8_BYTES",
@@ -152,15 +154,6 @@ def describe_source(path: str | epath.PathLike) -> dict[str, object]:
     return {"file": path.name, "bytes": path.stat().length}
 
 
-def _manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
-    # tfds raises AssertionError when the manual dir is absent or empty; here
-    # that only means "download instead".
-    try:
-        return dl_manager.manual_dir
-    except AssertionError:
-        return None
-
-
 class Enwik8(tfds.core.GeneratorBasedBuilder):
     """enwik8, byte level, split as in the paper (see the module docstring)."""
 
@@ -193,15 +186,16 @@ class Enwik8(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        path = find_enwik8_file(_manual_dir(dl_manager))
+        folder = builder_inputs.manual_dir(dl_manager, "enwik8", required=False)  # None: absent or empty
+        path = find_enwik8_file(folder)
         if path is None:
             try:
                 path = epath.Path(dl_manager.download_and_extract(URL)) / "enwik8"
             except Exception as e:  # Offline, proxy, server: all mean the same to the user.
                 raise FileNotFoundError(
-                    f"enwik8: no {' / '.join(MANUAL_FILE_NAMES)} in the manual dir "
-                    f"({getattr(dl_manager, '_manual_dir', None)}) and downloading {URL} failed ({type(e).__name__}: {e}). "
-                    "Download it elsewhere and place it in the manual dir."
+                    f"enwik8: no {' / '.join(MANUAL_FILE_NAMES)} in the manual dir ({folder or 'absent or empty'}) "
+                    f"and downloading {URL} failed ({type(e).__name__}: {e}). Download it elsewhere and place it in "
+                    "the manual dir."
                 ) from e
         data = read_enwik8_file(path)  # [n_bytes]
         self.info.metadata["source"] = describe_source(path)

@@ -45,6 +45,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from flaxprune.data import builder_inputs
+
 __all__ = [
     "GLUE_TASKS",
     "Glue",
@@ -251,13 +253,6 @@ def read_glue_tsv(task: str | GlueTask, path: str | os.PathLike) -> Iterator[dic
             }
 
 
-def _manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
-    try:
-        return dl_manager.manual_dir
-    except AssertionError as e:  # tfds' message for an absent or empty dir
-        raise FileNotFoundError(f"glue: {e}") from e
-
-
 @dataclasses.dataclass
 class GlueConfig(tfds.core.BuilderConfig):
     """One GLUE task; ``name`` is its key in ``GLUE_TASKS``."""
@@ -308,7 +303,7 @@ class Glue(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = _manual_dir(dl_manager)
+        manual_dir = builder_inputs.manual_dir(dl_manager, "glue")
         files = glue_files(self.task, manual_dir)
         self.info.metadata["source"] = describe_source(self.task, manual_dir)
         return {split: self._generate_examples(path) for split, path in files.items()}

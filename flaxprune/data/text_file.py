@@ -42,6 +42,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from flaxprune.data import builder_inputs
+
 __all__ = [
     "CHUNK_SIZE",
     "EOS",
@@ -165,13 +167,6 @@ def _read_text(path: epath.Path) -> str:
         raise ValueError(f"text_file: {path} is not UTF-8 ({e}); the word level needs UTF-8 text.") from e
 
 
-def _manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
-    try:
-        return dl_manager.manual_dir
-    except AssertionError as e:  # tfds' message for an absent or empty dir
-        raise FileNotFoundError(f"text_file: {e}") from e
-
-
 @dataclasses.dataclass
 class TextFileConfig(tfds.core.BuilderConfig):
     """``level``: ``'char'`` (bytes) or ``'word'`` (WikiText-style tokens)."""
@@ -223,7 +218,7 @@ class TextFile(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = _manual_dir(dl_manager)
+        manual_dir = builder_inputs.manual_dir(dl_manager, "text_file")
         files = find_text_files(manual_dir)
         self.info.metadata["source"] = describe_source(manual_dir)
         if self.builder_config.level == "word":

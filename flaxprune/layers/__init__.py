@@ -12,15 +12,13 @@ LAYOUTS: tuple[Layout, ...] = (FACTORIZED_LAYOUT, INPUT_GATED_LAYOUT, ADAPTIVE_L
 
 __all__ = [
     "ADAPTIVE_LAYOUT",
-    "AdaptiveEmbedding",
-    "AdaptiveSoftmax",
-    "AdaptiveSpec",
-    "adaptive_clusters",
-    "nll",
     "DENSE_LAYOUT",
     "FACTORIZED_LAYOUT",
     "INPUT_GATED_LAYOUT",
     "LAYOUTS",
+    "AdaptiveEmbedding",
+    "AdaptiveSoftmax",
+    "AdaptiveSpec",
     "FactorizedDense",
     "FactorizedSpec",
     "GateGroup",
@@ -28,5 +26,7 @@ __all__ = [
     "InputGatedSpec",
     "LayerRow",
     "Layout",
+    "adaptive_clusters",
     "default_rank",
+    "nll",
 ]

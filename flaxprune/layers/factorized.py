@@ -22,7 +22,7 @@ from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask, gate_val
 from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
 from flaxprune.plan import Plan
 
-__all__ = ["FactorizedDense", "FactorizedSpec", "default_rank", "FACTORIZED_LAYOUT"]
+__all__ = ["FACTORIZED_LAYOUT", "FactorizedDense", "FactorizedSpec", "default_rank"]
 
 default_kernel_init = nn.initializers.lecun_normal()
 

@@ -17,7 +17,17 @@ from flaxprune.models.bert import BertClassifier, BertConfig
 from flaxprune.models.sru import SRUConfig, SRULanguageModel
 from flaxprune.models.transformer_xl import TransformerXL, TransformerXLConfig
 
-__all__ = ["MODELS", "BertClassifier", "BertConfig", "SRUConfig", "SRULanguageModel", "TransformerXL", "TransformerXLConfig", "build_model", "model_for"]
+__all__ = [
+    "MODELS",
+    "BertClassifier",
+    "BertConfig",
+    "SRUConfig",
+    "SRULanguageModel",
+    "TransformerXL",
+    "TransformerXLConfig",
+    "build_model",
+    "model_for",
+]
 
 # name -> (module class, config class)
 MODELS: dict[str, tuple[type, type]] = {

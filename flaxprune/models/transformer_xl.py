@@ -136,7 +136,10 @@ def rel_shift(x: jax.Array) -> jax.Array:
 
 
 class RelativeAttention(nn.Module):
-    """Multi-head attention with relative positions over ``[memory; segment]``; params ``qkv``, ``r``, ``o``, ``norm``."""
+    """Multi-head attention with relative positions over ``[memory; segment]``.
+
+    Params: ``qkv``, ``r``, ``o``, ``norm``.
+    """
 
     config: TransformerXLConfig
 

@@ -24,53 +24,22 @@ Names are imported on first use, so ``from flaxprune.training import
 sharding`` does not pay for orbax, tfds or the tokenizer.
 """
 
-import importlib
+import lazy_loader
 
-_LAZY = {
-    "NonFiniteLossError": "flaxprune.training.loop",
-    "Run": "flaxprune.training.loop",
-    "prepare": "flaxprune.training.loop",
-    "train": "flaxprune.training.loop",
-    "TASKS": "flaxprune.training.task",
-    "Task": "flaxprune.training.task",
-    "build_task": "flaxprune.training.task",
-    "Evaluator": "flaxprune.training.lm_task",
-    "LanguageModelingTask": "flaxprune.training.lm_task",
-    "build_lm_task": "flaxprune.training.lm_task",
-    "GlueTask": "flaxprune.training.glue_task",
-    "build_glue_task": "flaxprune.training.glue_task",
-    "TrainState": "flaxprune.training.state",
-    "abstract_target": "flaxprune.training.state",
-    "init_state": "flaxprune.training.state",
-    "initial_state_fn": "flaxprune.training.state",
-    "state_shardings": "flaxprune.training.state",
-    "make_train_step": "flaxprune.training.steps",
-    "CheckpointStore": "flaxprune.training.checkpoint",
-    "RunFiles": "flaxprune.training.checkpoint",
-    "load_reduced": "flaxprune.training.checkpoint",
-    "save_reduced": "flaxprune.training.checkpoint",
-    "finalize": "flaxprune.training.finalize",
-    "time_forward": "flaxprune.training.finalize",
-    "evaluate_run": "flaxprune.training.runs",
-    "load_run": "flaxprune.training.runs",
-    "report_checkpoint": "flaxprune.training.runs",
-    "shrink_run": "flaxprune.training.runs",
-    "learning_rate_schedule": "flaxprune.training.config",
-    "load_config_file": "flaxprune.training.config",
-    "validate": "flaxprune.training.config",
-    "load_initial_params": "flaxprune.training.init_from",
-    "MetricsWriter": "flaxprune.training.metrics",
-    "make_mesh": "flaxprune.training.sharding",
+_LAZY = {  # submodule -> the names it gives, imported on first use
+    "loop": ["NonFiniteLossError", "Run", "prepare", "train"],
+    "task": ["TASKS", "Task", "build_task"],
+    "lm_task": ["Evaluator", "LanguageModelingTask", "build_lm_task"],
+    "glue_task": ["GlueTask", "build_glue_task"],
+    "state": ["TrainState", "abstract_target", "init_state", "initial_state_fn", "state_shardings"],
+    "steps": ["make_train_step"],
+    "checkpoint": ["CheckpointStore", "RunFiles", "load_reduced", "save_reduced"],
+    "finalize": ["finalize", "time_forward"],
+    "runs": ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"],
+    "config": ["learning_rate_schedule", "load_config_file", "validate"],
+    "init_from": ["load_initial_params"],
+    "metrics": ["MetricsWriter"],
+    "sharding": ["make_mesh"],
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_LAZY)

@@ -53,7 +53,9 @@ def init_state(params: Any, tx: optax.GradientTransformation, key: jax.Array, ca
     )
 
 
-def initial_state_fn(task: Any, tx: optax.GradientTransformation, seed: int, batch_size: int) -> Callable[[], TrainState]:
+def initial_state_fn(
+    task: Any, tx: optax.GradientTransformation, seed: int, batch_size: int
+) -> Callable[[], TrainState]:
     """A function of no arguments that builds a run's fresh state (fresh params, zero carry).
 
     The root key ``jax.random.key(seed)`` is split once: one half initialises
