@@ -289,9 +289,26 @@ def _eval_line(run: Run, done: int, ev: dict[str, float], metrics: dict[str, Any
     return line + f" | {rate:,.1f} sequences/s"
 
 
-def _at_target(run: Run, ev: dict[str, float]) -> bool:
-    """FLOP's rule for the best checkpoint: only at a hard sparsity of at least the target less the tolerance."""
-    return not run.prune or ev["hard_sparsity"] >= run.config.prune.target - run.config.prune.best_tolerance
+def _log_train(
+    writer: MetricsWriter, bar: Any, ckpts: _Checkpoints, state: TrainState, metrics: Any, done: int, rate: float
+) -> None:
+    """Writes the step's train metrics; stops the run (NonFiniteLossError) once the loss went non-finite."""
+    m = {**to_python(metrics), "examples_per_s": rate}
+    writer.write(done, "train", m)
+    if not bool(state.finite):
+        bar.close()
+        raise ckpts.non_finite(done, loss=m["loss"])
+    bar.set_postfix(loss=f"{m['loss']:.3f}", s=f"{m['expected_sparsity']:.3f}", t=f"{m['target']:.3f}")
+
+
+def _keep_if_best(run: Run, ckpts: _Checkpoints, state: TrainState, ev: dict[str, float]) -> None:
+    """Saves ``state`` to ``best/`` when it scores best so far, by FLOP's rule: only at a hard
+    sparsity of at least the target less ``prune.best_tolerance``."""
+    at_target = not run.prune or ev["hard_sparsity"] >= run.config.prune.target - run.config.prune.best_tolerance
+    score = (1.0 if run.task.higher_is_better else -1.0) * ev[run.task.score_name]
+    if at_target and score > ckpts.best_score:
+        ckpts.best_score = score
+        ckpts.save(ckpts.best, state)
 
 
 def _final_params(ckpts: _Checkpoints, state: TrainState, target: TrainState) -> tuple[Any, str]:
@@ -349,7 +366,6 @@ def train(
     train_step, to_device = _compile_step(run, state_sh)
 
     # --- Train: log, evaluate (keeping the best), checkpoint, stop cleanly on SIGTERM.
-    sign = 1.0 if task.higher_is_better else -1.0
     start, total = int(state.step), cfg.train.steps
     meter = _Throughput(start, cfg.train.batch_size)
     bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
@@ -360,19 +376,12 @@ def train(
             done = step + 1
             bar.update(1)
             if _due(done, cfg.train.log_every, total):
-                m = {**to_python(metrics), "examples_per_s": meter.tick(done)}
-                writer.write(done, "train", m)
-                if not bool(state.finite):
-                    bar.close()
-                    raise ckpts.non_finite(done, loss=m["loss"])
-                bar.set_postfix(loss=f"{m['loss']:.3f}", s=f"{m['expected_sparsity']:.3f}", t=f"{m['target']:.3f}")
+                _log_train(writer, bar, ckpts, state, metrics, done, meter.tick(done))
             if _due(done, cfg.train.eval_every, total):
                 ev = _evaluate(run, state, done)
                 writer.write(done, "eval", ev)
                 log(_eval_line(run, done, ev, metrics, meter.rate))
-                if _at_target(run, ev) and sign * ev[task.score_name] > ckpts.best_score:
-                    ckpts.best_score = sign * ev[task.score_name]
-                    ckpts.save(ckpts.best, state)
+                _keep_if_best(run, ckpts, state, ev)
             if on_step is not None:
                 on_step(done)
             if _due(done, cfg.train.checkpoint_every, total):
