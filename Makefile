@@ -26,11 +26,11 @@ demo: $(STAMP)
 
 # Everything: unit tests, end-to-end runs, the scripts and the built-wheel install (CI runs this).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
 # The unit tests only (no training run, no wheel): about two minutes on 2 cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not e2e" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m "not e2e" tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

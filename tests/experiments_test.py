@@ -13,6 +13,8 @@ from flaxprune import cli
 from flaxprune.models import build_model
 from flaxprune.training.config import load_config_file, validate
 
+from tiny_runs import MAX_POS, write_tiny_glue
+
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
@@ -60,6 +62,7 @@ TINY_TXL = [
 ]
 
 
+@pytest.mark.e2e
 def test_cli_train_report_eval_shrink(tmp_path, capsys):
     workdir = tmp_path / "run"
     common = [f"--config.data.data_dir={tmp_path / 'tfds'}"]
@@ -95,12 +98,11 @@ def _import_from(*subdirs):
             sys.path.insert(0, path)
 
 
+@pytest.mark.e2e
 def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
     """``experiments/glue_minilm.py`` end to end on a tiny checkpoint: runs, times, tables."""
-    _import_from("experiments", "tests/training", "tests/models")
+    _import_from("experiments")
     import glue_minilm
-    from bert_checkpoint_test import MAX_POS
-    from glue_loop_test import write_tiny_glue
 
     root, folder = write_tiny_glue(tmp_path)
     results = tmp_path / "results"

@@ -3,6 +3,10 @@
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -12,6 +16,9 @@ def test_readme_example_runs(capsys):
     assert block, "README lost its example markers"
     exec(compile(block.group(1), str(README), "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
-    sparsity = float(re.search(r"hard sparsity ([0-9.]+)", out).group(1))
+    found = re.search(r"hard sparsity ([0-9.]+), params ([0-9,]+) -> ([0-9,]+)", out)
+    assert found, f"the example printed no sparsity line:\n{out}"
+    sparsity, before, after = float(found.group(1)), *(int(g.replace(",", "")) for g in found.groups()[1:])
     assert abs(sparsity - 0.5) <= 0.03
-    assert "speedup x" in out
+    assert after < 0.6 * before  # the reduced model holds about half the prunable weights
+    assert "factorized" in out  # the per-layer report of the reduced model

@@ -10,73 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 import flaxprune as fp
 from flaxprune.models.bert import BertClassifier, BertEncoder
 from flaxprune.models.bert_checkpoint import load_hf_bert, minilm_path, to_factorized, with_classifier
 
-H, LAYERS, HEADS, FF, VOCAB, MAX_POS = 8, 2, 2, 16, 20, 12
-HF_CONFIG = {
-    "architectures": ["BertModel"],
-    "model_type": "bert",
-    "hidden_act": "gelu",
-    "hidden_size": H,
-    "num_hidden_layers": LAYERS,
-    "num_attention_heads": HEADS,
-    "intermediate_size": FF,
-    "max_position_embeddings": MAX_POS,
-    "type_vocab_size": 2,
-    "vocab_size": VOCAB,
-    "layer_norm_eps": 1e-12,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.0,
-    "position_embedding_type": "absolute",
-}
+from tiny_runs import FF, H, HEADS, HF_CONFIG, LAYERS, MAX_POS, VOCAB, torch_tensors, write_folder
+
 IDS = np.array([[2, 5, 7, 11, 3, 0], [2, 9, 4, 1, 17, 3]], np.int32)
 TYPES = np.array([[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 1, 1]], np.int32)
 MASK = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], np.int32)
-
-
-def torch_tensors(seed=0):
-    """Random tensors with ``BertModel``'s names and PyTorch layouts (linear weights ``[out, in]``)."""
-    rng = np.random.default_rng(seed)
-    t = {}
-
-    def put(name, shape, scale=0.3, loc=0.0):
-        t[name] = (loc + scale * rng.normal(size=shape)).astype(np.float32)
-
-    def linear(name, n_in, n_out):
-        put(f"{name}.weight", (n_out, n_in), scale=1.0 / math.sqrt(n_in))
-        put(f"{name}.bias", (n_out,), scale=0.1)
-
-    def norm(name):
-        put(f"{name}.LayerNorm.weight", (H,), scale=0.1, loc=1.0)
-        put(f"{name}.LayerNorm.bias", (H,), scale=0.1)
-
-    put("embeddings.word_embeddings.weight", (VOCAB, H))
-    put("embeddings.position_embeddings.weight", (MAX_POS, H))
-    put("embeddings.token_type_embeddings.weight", (2, H))
-    norm("embeddings")
-    t["embeddings.position_ids"] = np.arange(MAX_POS, dtype=np.int64)[None]  # ignored by the loader
-    for i in range(LAYERS):
-        for name in ("query", "key", "value"):
-            linear(f"encoder.layer.{i}.attention.self.{name}", H, H)
-        linear(f"encoder.layer.{i}.attention.output.dense", H, H)
-        norm(f"encoder.layer.{i}.attention.output")
-        linear(f"encoder.layer.{i}.intermediate.dense", H, FF)
-        linear(f"encoder.layer.{i}.output.dense", FF, H)
-        norm(f"encoder.layer.{i}.output")
-    linear("pooler.dense", H, H)
-    return t
-
-
-def write_folder(folder, tensors=None, config=None, prefix=""):
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = torch_tensors() if tensors is None else tensors
-    (folder / "config.json").write_text(json.dumps(HF_CONFIG if config is None else config))
-    save_file({prefix + k: v for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return folder
 
 
 def numpy_bert(t, ids, types, mask, eps=1e-12):

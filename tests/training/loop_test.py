@@ -1,7 +1,6 @@
 """The training loop end to end on tiny runs: resume, preemption, failures, shrink."""
 
 import os
-import pathlib
 import signal
 
 import chex
@@ -11,22 +10,8 @@ import numpy as np
 import pytest
 
 from flaxprune.training import loop, runs
-from flaxprune.training.config import load_config_file
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def tiny_config(**overrides):
-    c = load_config_file(ROOT / "experiments/configs/sru_small.py")
-    c.model.d_model, c.model.n_layers, c.model.rank = 16, 2, 4
-    c.data.max_bytes = 20_000
-    c.train.update(batch_size=4, seq_len=16, steps=12, log_every=2, eval_every=6, checkpoint_every=4)
-    c.train.eval_batch_size = 2
-    c.prune.target_warmup = 6
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        c[section][name] = value
-    return c
+from tiny_runs import tiny_lm_config
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +22,12 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("full")
-    cfg = tiny_config(**{"data.data_dir": data_dir})
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir})
     summary = loop.train(cfg, workdir, log=lambda _: None, progress=False)
     return cfg, workdir, summary
 
 
+@pytest.mark.e2e
 def test_run_finishes_and_reduced_model_matches(finished):
     _, workdir, summary = finished
     assert summary["status"] == "done" and summary["step"] == 12
@@ -56,6 +42,7 @@ def test_run_finishes_and_reduced_model_matches(finished):
     assert reloaded["test_bpc"] == pytest.approx(summary["reduced_test_bpc"], abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_and_resume_is_exact(finished, tmp_path, data_dir):
     cfg, full_dir, _ = finished
 
@@ -74,6 +61,7 @@ def test_sigterm_saves_and_resume_is_exact(finished, tmp_path, data_dir):
     chex.assert_trees_all_equal(resumed, uninterrupted)
 
 
+@pytest.mark.e2e
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, data_dir):
     original = loop.make_train_step
 
@@ -88,7 +76,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
         return step
 
     monkeypatch.setattr(loop, "make_train_step", poisoned)
-    cfg = tiny_config(**{"data.data_dir": data_dir})
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir})
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite at or before step 6.*step 4"):
         loop.train(cfg, tmp_path, log=lambda _: None, progress=False)
     _, params, _, step = runs.load_run(tmp_path)
@@ -96,10 +84,11 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
+@pytest.mark.e2e
 def test_checkpoint_of_another_model_is_refused_before_anything_changes(finished, data_dir):
     cfg, workdir, _ = finished
     before = sorted(str(p) for p in workdir.rglob("*"))
-    other = tiny_config(**{"data.data_dir": data_dir, "model.d_model": 24})
+    other = tiny_lm_config(**{"data.data_dir": data_dir, "model.d_model": 24})
     with pytest.raises(ValueError, match="different model config"):
         loop.train(other, workdir, log=lambda _: None, progress=False)
     assert sorted(str(p) for p in workdir.rglob("*")) == before
@@ -118,7 +107,7 @@ def test_checkpoint_of_another_model_is_refused_before_anything_changes(finished
     ],
 )
 def test_bad_config_fails_before_writing(tmp_path, data_dir, override, match):
-    cfg = tiny_config(**{"data.data_dir": data_dir, **override})
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir, **override})
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=match):
         loop.train(cfg, workdir, log=lambda _: None, progress=False)
@@ -126,13 +115,13 @@ def test_bad_config_fails_before_writing(tmp_path, data_dir, override, match):
 
 
 def test_unknown_model_field_and_missing_data(tmp_path, data_dir):
-    cfg = tiny_config(**{"data.data_dir": data_dir})
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir})
     cfg.model.n_heads = 4
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_heads'\]"):
         loop.prepare(cfg, tmp_path / "run")
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = tiny_config(**{"data.data_dir": data_dir, "data.name": "enwik8"})
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir, "data.name": "enwik8"})
     cfg.data.max_bytes = None
     cfg.data.manual_dir = str(empty)
     with pytest.raises(FileNotFoundError, match=str(empty)):
@@ -140,6 +129,7 @@ def test_unknown_model_field_and_missing_data(tmp_path, data_dir):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_init_from_an_earlier_run_copies_weights_and_keeps_fresh_gates(finished):
     from flaxprune.training.init_from import load_initial_params
     from flaxprune.training.state import initial_state_fn
@@ -158,6 +148,6 @@ def test_init_from_an_earlier_run_copies_weights_and_keeps_fresh_gates(finished)
 
 
 def test_spectral_gate_start_needs_a_warm_start(tmp_path, data_dir):
-    cfg = tiny_config(**{"data.data_dir": data_dir, "prune.gate_init": "spectral"})
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir, "prune.gate_init": "spectral"})
     with pytest.raises(ValueError, match=r"gate_init='spectral' .* needs a warm start"):
         loop.train(cfg, tmp_path / "run", log=lambda _: None, progress=False)
