@@ -1,4 +1,4 @@
-"""The training loop: FLOP on a language model, data parallel, resumable, preemptible.
+"""The training loop: FLOP on any task (language model, GLUE), data parallel, resumable, preemptible.
 
 ``train(config, workdir)`` validates everything (config, data, model, an
 existing checkpoint's model config, device divisibility) before it writes
@@ -91,20 +91,32 @@ def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
     model_json = config_to_json(task.model_config)
     _check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config, model_json)
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
-    o = config.optim
-    tx = flop_optimizer(
-        lr_fn,
-        o.gate_learning_rate,
-        o.lambda_learning_rate,
-        clip_norm=o.clip_norm or None,
-        weight_decay=o.weight_decay,
-    )
-    target_fn = target_schedule(0.0, 0)  # unpruned: no penalty, the target is only logged
-    if config.prune.enabled:  # the ramp starts where the model starts: every gate open (shapes only)
-        shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-        start = open_sparsity(shapes, sparsity_basis(config))
-        target_fn = target_schedule(config.prune.target, config.prune.target_warmup, start=start)
+    tx = _optimizer(config.optim, lr_fn)
+    target_fn = _target_fn(config, task)
     return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
+
+
+def _optimizer(optim: Any, lr_fn: Callable) -> Any:
+    """FLOP's combined optimizer: weights on the schedule, gates and multipliers at their own rates."""
+    return flop_optimizer(
+        lr_fn,
+        optim.gate_learning_rate,
+        optim.lambda_learning_rate,
+        clip_norm=optim.clip_norm or None,
+        weight_decay=optim.weight_decay,
+    )
+
+
+def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
+    """The target sparsity by step: a ramp from the model's start (every gate open) to ``prune.target``.
+
+    The start needs only the params' shapes. An unpruned run has no penalty; its target is only logged.
+    """
+    if not config.prune.enabled:
+        return target_schedule(0.0, 0)
+    shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+    start = open_sparsity(shapes, sparsity_basis(config))
+    return target_schedule(config.prune.target, config.prune.target_warmup, start=start)
 
 
 def _check_existing_checkpoint(ckpt_dir: pathlib.Path, config: Any, model_config: Any, model_json: str) -> None:
