@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         print(f"{data / 'enwik6'} is missing: pass --data=DIR holding the 1 MB enwik8 prefix 'enwik6'.")
         return 2
 
-    from flaxprune.training import load_reduced, load_run, time_forward, train
+    from flaxprune.training import RunFiles, load_reduced, load_run, time_forward, train
 
     workdir = pathlib.Path(args.workdir)
     summaries = {}
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     dense_model, dense_params, _, _ = load_run(workdir / "dense")
     models = {"dense": (dense_model, jax.device_get(dense_params))}
     for name, _ in RUNS[1:]:
-        model, params, _ = load_reduced(workdir / name / "reduced")
+        model, params, _ = load_reduced(RunFiles(workdir / name).reduced)
         models[name] = (model, jax.device_get(params))
     seconds = {
         name: time_forward(m, p, (tokens, m.initial_carry(tokens.shape[0])), repeats=30)

@@ -132,7 +132,9 @@ def per_task(task: str, args, name: str) -> float | None:
 
 def finished_summary(config, run_dir: pathlib.Path) -> dict | None:
     """The summary of a finished run of exactly ``config`` in ``run_dir``; None: train (or resume) it."""
-    summary, stored = run_dir / "summary.json", run_dir / "config.json"
+    from flaxprune.training import RunFiles
+
+    summary, stored = RunFiles(run_dir).summary, RunFiles(run_dir).config
     if not (summary.is_file() and stored.is_file()):
         return None
     if json.loads(stored.read_text(encoding="utf-8")) != json.loads(config.to_json_best_effort()):
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from flaxprune.size import report
-    from flaxprune.training import load_reduced, load_run, time_forward, train
+    from flaxprune.training import RunFiles, load_reduced, load_run, time_forward, train
 
     workdir = pathlib.Path(args.workdir)
     for task in args.tasks.split(","):  # a bad per-task flag fails here, not after the first runs
@@ -186,7 +188,7 @@ def main(argv=None) -> int:
             if variant == "svd":  # its size is fixed by the rank
                 summary["hard_sparsity"] = svd_sparsity
             if prune:
-                model, params, config = load_reduced(workdir / name / "reduced")
+                model, params, config = load_reduced(RunFiles(workdir / name).reduced)
             else:
                 model, params, config, _ = load_run(workdir / name)
             rows_ = [r for r in report(params, plan=config.plan) if "/encoder/" in r.path]

@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from flaxprune.training.checkpoint import RunFiles
+
 __all__ = ["MetricsWriter", "to_python"]
 
 
@@ -28,7 +30,7 @@ class MetricsWriter:
     """Appends metrics to ``<workdir>/metrics.jsonl`` (only on process 0)."""
 
     def __init__(self, workdir: str | pathlib.Path):
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path = RunFiles(workdir).metrics
         self._active = jax.process_index() == 0
 
     def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
