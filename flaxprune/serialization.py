@@ -2,23 +2,26 @@
 
 A reduced model must reload without the code that trained it knowing its
 shape in advance: its config (with the plan that surgery wrote) is saved as
-JSON next to the params. Dataclasses are tagged with their import path, which
-must lie inside ``flaxprune`` (or a module the caller allows), so loading
-never imports arbitrary code. Tuples come back as tuples (configs must stay
-hashable) and dtypes as numpy dtypes.
+JSON next to the params. Dataclasses are tagged with their import path.
+
+Loading a file never runs code: :func:`from_tree` rebuilds only the classes
+the caller lists (an allow-list, e.g. :data:`flaxprune.models.CONFIG_CLASSES`),
+looked up by their tag, never imported by name, and only with the fields those
+dataclasses declare, so their own ``__post_init__`` checks every value. A tag
+that is not on the list, or an unknown field, is refused. Tuples come back as
+tuples (configs must stay hashable) and dtypes as numpy dtypes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["config_from_json", "config_to_json", "from_tree", "to_tree"]
+__all__ = ["class_tag", "config_from_json", "config_to_json", "from_tree", "to_tree"]
 
 _CLASS = "__class__"
 _DTYPE = "__dtype__"
@@ -27,7 +30,7 @@ _DTYPE = "__dtype__"
 def to_tree(obj: Any) -> Any:
     """Converts a (nested) frozen dataclass into JSON-compatible data."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {_CLASS: f"{type(obj).__module__}.{type(obj).__qualname__}"}
+        out = {_CLASS: class_tag(type(obj))}
         for field in dataclasses.fields(obj):
             out[field.name] = to_tree(getattr(obj, field.name))
         return out
@@ -45,35 +48,78 @@ def to_tree(obj: Any) -> Any:
         raise ValueError(f"to_tree: cannot serialize {obj!r} of type {type(obj).__name__}.") from None
 
 
-def from_tree(data: Any, allowed_prefixes: Sequence[str] = ("flaxprune.",)) -> Any:
-    """Inverse of :func:`to_tree`.
+def class_tag(cls: type) -> str:
+    """The tag :func:`to_tree` writes for a dataclass: ``module.QualName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def from_tree(data: Any, classes: Iterable[type]) -> Any:
+    """Inverse of :func:`to_tree`, rebuilding only the dataclasses in ``classes``.
+
+    Args:
+      data: what :func:`to_tree` wrote (parsed JSON).
+      classes: the dataclasses that may be rebuilt; nothing else is ever
+        constructed, imported or called.
 
     Raises:
-      ValueError: if a class lies outside ``allowed_prefixes`` or no longer exists.
+      ValueError: for a class tag not in ``classes``, a field the class does
+        not declare, or a value its own validation refuses.
     """
+    allowed = {class_tag(c): c for c in classes}
+    for tag, cls in allowed.items():
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"from_tree: classes must be dataclass types, got {cls!r} ({tag}).")
+    return _rebuild(data, allowed)
+
+
+def _rebuild(data: Any, allowed: Mapping[str, type]) -> Any:
     if isinstance(data, list):
-        return tuple(from_tree(x, allowed_prefixes) for x in data)
-    if isinstance(data, dict):
-        if _DTYPE in data:
-            return np.dtype(data[_DTYPE])
-        if _CLASS in data:
-            path = data[_CLASS]
-            if not any(path.startswith(p) for p in allowed_prefixes):
-                raise ValueError(f"from_tree: class {path!r} is outside the allowed modules {list(allowed_prefixes)}.")
-            module, _, name = path.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError) as e:
-                raise ValueError(f"from_tree: cannot find class {path!r}: {e}") from None
-            kwargs = {k: from_tree(v, allowed_prefixes) for k, v in data.items() if k != _CLASS}
-            return cls(**kwargs)
-        return {k: from_tree(v, allowed_prefixes) for k, v in data.items()}
-    return data
+        return tuple(_rebuild(x, allowed) for x in data)
+    if not isinstance(data, dict):
+        return data
+    if _DTYPE in data:
+        return _dtype(data[_DTYPE])
+    if _CLASS not in data:
+        return {k: _rebuild(v, allowed) for k, v in data.items()}
+    tag = data[_CLASS]
+    cls = allowed.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ValueError(
+            f"from_tree: class {tag!r} is not one that may be loaded; accepted: {sorted(allowed)}. A saved config "
+            "names only flaxprune's model configs, Plan, GateConfig and the layer specs."
+        )
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(k for k in data if k != _CLASS and k not in fields)
+    if unknown:
+        raise ValueError(f"from_tree: {tag} has no field(s) {unknown}; its fields: {sorted(fields)}.")
+    kwargs = {k: _rebuild(v, allowed) for k, v in data.items() if k != _CLASS}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"from_tree: the saved {tag} is not valid: {e}") from None
+
+
+def _dtype(name: Any) -> np.dtype:
+    if not isinstance(name, str):
+        raise ValueError(f"from_tree: a dtype must be saved as its name, got {name!r}.")
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise ValueError(f"from_tree: {name!r} is not a numpy dtype name.") from None
 
 
 def config_to_json(config: Any) -> str:
     return json.dumps(to_tree(config), indent=1, sort_keys=True)
 
 
-def config_from_json(text: str, allowed_prefixes: Sequence[str] = ("flaxprune.",)) -> Any:
-    return from_tree(json.loads(text), allowed_prefixes)
+def config_from_json(text: str, classes: Iterable[type]) -> Any:
+    """Parses :func:`config_to_json`'s text, rebuilding only ``classes`` (see :func:`from_tree`).
+
+    Raises:
+      ValueError: for text that is not JSON, or anything :func:`from_tree` refuses.
+    """
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"config_from_json: the saved config is not JSON ({e}).") from None
+    return from_tree(data, classes)

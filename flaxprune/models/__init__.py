@@ -13,11 +13,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flaxprune.gates import GateConfig
+from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec
 from flaxprune.models.bert import BertClassifier, BertConfig
 from flaxprune.models.sru import SRUConfig, SRULanguageModel
 from flaxprune.models.transformer_xl import TransformerXL, TransformerXLConfig
+from flaxprune.plan import Plan
 
 __all__ = [
+    "CONFIG_CLASSES",
     "MODELS",
     "BertClassifier",
     "BertConfig",
@@ -35,6 +39,17 @@ MODELS: dict[str, tuple[type, type]] = {
     "txl": (TransformerXL, TransformerXLConfig),
     "bert": (BertClassifier, BertConfig),
 }
+
+
+# Every dataclass a saved model config may hold: what loading a checkpoint may rebuild, and nothing else.
+CONFIG_CLASSES: tuple[type, ...] = (
+    *(config_cls for _, config_cls in MODELS.values()),
+    Plan,
+    GateConfig,
+    FactorizedSpec,
+    InputGatedSpec,
+    AdaptiveSpec,
+)
 
 
 def build_model(name: str, **fields: Any) -> tuple[Any, Any]:

@@ -31,10 +31,17 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from flaxprune.models import model_for
+from flaxprune.models import CONFIG_CLASSES, model_for
 from flaxprune.serialization import config_from_json, config_to_json
 
-__all__ = ["CheckpointStore", "RunFiles", "load_reduced", "read_latest", "save_reduced"]
+__all__ = [
+    "CheckpointStore",
+    "RunFiles",
+    "load_reduced",
+    "model_config_from_json",
+    "read_latest",
+    "save_reduced",
+]
 
 
 class RunFiles:
@@ -140,6 +147,19 @@ def read_latest(directory: str | pathlib.Path, with_meta: bool = True) -> tuple[
     return out["state"], dict(out["meta"]) if with_meta else {}, int(step)
 
 
+def model_config_from_json(text: str) -> Any:
+    """A model config saved in a checkpoint's meta, rebuilt from the known config classes only.
+
+    Loading never runs code: only :data:`flaxprune.models.CONFIG_CLASSES`
+    (the model configs, ``Plan``, ``GateConfig``, the layer specs) are
+    rebuilt, each through its own validation.
+
+    Raises:
+      ValueError: for any other class, an unknown field or an invalid value.
+    """
+    return config_from_json(text, CONFIG_CLASSES)
+
+
 def save_reduced(directory: str | pathlib.Path, params: Any, config: Any) -> None:
     """Saves a model's params and its config (JSON) as one orbax checkpoint; reloads without the original config."""
     store = CheckpointStore(directory, keep=1)
@@ -160,5 +180,5 @@ def load_reduced(directory: str | pathlib.Path) -> tuple[Any, Any, Any]:
     if found is None:
         raise FileNotFoundError(f"load_reduced: no saved model under {pathlib.Path(directory).absolute()}.")
     params, meta, _ = found
-    config = config_from_json(meta["model_config"])
+    config = model_config_from_json(meta["model_config"])
     return model_for(config), params, config

@@ -27,11 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
-from flaxprune.serialization import config_from_json, config_to_json
+from flaxprune.serialization import config_to_json
 from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import CheckpointStore, RunFiles
+from flaxprune.training.checkpoint import CheckpointStore, RunFiles, model_config_from_json
 from flaxprune.training.config import learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
@@ -140,7 +140,7 @@ def _check_existing_checkpoint(ckpt_dir: pathlib.Path, config: Any, model_config
 def same_model_config(saved_json: str, config: Any) -> bool:
     """Whether a checkpoint's saved model config is ``config`` (fields added since take their defaults)."""
     try:
-        return config_from_json(saved_json) == config
+        return model_config_from_json(saved_json) == config
     except (ValueError, TypeError):
         return False
 

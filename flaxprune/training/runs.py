@@ -15,11 +15,10 @@ import jax
 import ml_collections
 
 from flaxprune.models import model_for
-from flaxprune.serialization import config_from_json
 from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import RunFiles, load_reduced, read_latest, save_reduced
+from flaxprune.training.checkpoint import RunFiles, load_reduced, model_config_from_json, read_latest, save_reduced
 from flaxprune.training.task import build_task
 
 __all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
@@ -47,7 +46,7 @@ def load_run(workdir: str | pathlib.Path, which: str = "checkpoints") -> tuple[A
     if found is None:
         raise FileNotFoundError(f"no checkpoints under {directory}.")
     state, meta, step = found
-    config = config_from_json(meta["model_config"])
+    config = model_config_from_json(meta["model_config"])
     return model_for(config), state["trainable"]["params"], config, step
 
 
