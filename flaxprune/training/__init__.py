@@ -13,8 +13,10 @@ The pieces, one concept a file:
   :func:`build_glue_task`);
 * ``state``: :class:`TrainState`, its creation and its shardings; ``steps``:
   the jitted train step; ``sharding``: the data-parallel mesh;
-* ``checkpoint``: the run directory's files and the only code that uses
-  orbax: :class:`CheckpointStore`, :func:`save_reduced`, :func:`load_reduced`;
+* ``checkpoint``: the only code that uses orbax, checksummed and allow-listed:
+  :class:`CheckpointStore`, :func:`save_reduced`, :func:`load_reduced`;
+  ``run_dir``: the run directory's files (:class:`RunFiles`), its lock and
+  its config history;
 * ``finalize``: the end of a run (shrink, reload, evaluate, time); ``runs``:
   evaluate, shrink and report a run directory (the ``flaxprune`` command);
 * ``config``: config validation and the learning-rate schedules;
@@ -33,7 +35,8 @@ _LAZY = {  # submodule -> the names it gives, imported on first use
     "glue_task": ["GlueTask", "build_glue_task"],
     "state": ["TrainState", "abstract_target", "init_state", "initial_state_fn", "state_shardings"],
     "steps": ["make_train_step"],
-    "checkpoint": ["CheckpointStore", "RunFiles", "load_reduced", "save_reduced"],
+    "checkpoint": ["CheckpointStore", "DamagedCheckpointError", "load_reduced", "save_reduced"],
+    "run_dir": ["RunFiles", "RunLock", "WorkdirInUseError"],
     "finalize": ["finalize", "time_forward"],
     "runs": ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"],
     "config": ["learning_rate_schedule", "load_config_file", "validate"],

@@ -1,19 +1,17 @@
-"""The files of a run, and the one module that reads and writes them with orbax.
+"""Checkpoints and reduced models on disk: the one module that reads and writes them with orbax.
 
-A run directory (``--workdir``) holds::
+:class:`CheckpointStore` (training states), :func:`save_reduced` /
+:func:`load_reduced` (a reduced model) and :func:`read_latest` (a
+checkpoint restored as saved, without a target) are the only code that
+touches orbax. Where they live in a run directory is
+:mod:`flaxprune.training.run_dir`'s.
 
-    config.json     the experiment config of the run
-    metrics.jsonl   one JSON object per logged step (train and eval)
-    checkpoints/    keep-N training states (state pytree + JSON meta: the
-                    model config, the data position, the best score)
-    best/           the best state so far (FLOP's rule, see the loop)
-    reduced/        the shrunk model: params + its model config as JSON
-    summary.json    the end-of-run summary
-
-:class:`RunFiles` names these paths; :class:`CheckpointStore` (training
-states), :func:`save_reduced` / :func:`load_reduced` (a reduced model) and
-:func:`read_latest` (a checkpoint restored as saved, without a target) are
-the only code that touches orbax.
+Trust: every checkpoint carries a SHA-256 of each array, verified on every
+restore, and a damaged checkpoint is named, kept and skipped
+(:class:`DamagedCheckpointError`); a model config is rebuilt from an
+allow-list only (:func:`model_config_from_json`); a reduced model is written
+only into a new or empty folder, or over an earlier reduced model when asked
+(:func:`check_output`).
 
 orbax writes each step to a temporary directory and renames it when
 complete, so an interruption never leaves a half-written checkpoint that
@@ -25,10 +23,17 @@ on the mesh.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import pathlib
+import shutil
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from flaxprune.models import CONFIG_CLASSES, model_for
@@ -36,7 +41,10 @@ from flaxprune.serialization import config_from_json, config_to_json
 
 __all__ = [
     "CheckpointStore",
-    "RunFiles",
+    "DamagedCheckpointError",
+    "array_checksums",
+    "check_output",
+    "is_reduced_model",
     "load_reduced",
     "model_config_from_json",
     "read_latest",
@@ -44,39 +52,73 @@ __all__ = [
 ]
 
 
-class RunFiles:
-    """The paths inside one run directory (nothing is created)."""
+REDUCED_MARKER = "flaxprune_reduced.json"  # in a reduced model's folder: what wrote it
+CHECKSUMS_KEY = "array_sha256"  # in every checkpoint's JSON meta: leaf path -> SHA-256 of the array
 
-    def __init__(self, workdir: str | pathlib.Path):
-        self.workdir = pathlib.Path(workdir).absolute()
 
-    @property
-    def config(self) -> pathlib.Path:
-        return self.workdir / "config.json"
+class DamagedCheckpointError(ValueError):
+    """A checkpoint that cannot be restored as saved: unreadable files or arrays that fail their checksums."""
 
-    @property
-    def metrics(self) -> pathlib.Path:
-        return self.workdir / "metrics.jsonl"
+    def __init__(self, directory: pathlib.Path, step: int, reason: str):
+        self.directory, self.step, self.reason = directory, step, reason
+        super().__init__(f"checkpoint step {step} in {directory} is damaged: {reason}")
 
-    @property
-    def checkpoints(self) -> pathlib.Path:
-        return self.workdir / "checkpoints"
 
-    @property
-    def best(self) -> pathlib.Path:
-        return self.workdir / "best"
+def _path_name(path: tuple) -> str:
+    """A leaf's path with container types dropped (``trainable/params/a/P``): the same for a restored
+    ``TrainState`` and for the nested dicts an untargeted restore gives."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
 
-    @property
-    def reduced(self) -> pathlib.Path:
-        return self.workdir / "reduced"
 
-    @property
-    def summary(self) -> pathlib.Path:
-        return self.workdir / "summary.json"
+def array_checksums(tree: Any) -> dict[str, str]:
+    """SHA-256 of every array's bytes (with its dtype and shape), by leaf path.
+
+    Arrays that this process cannot see whole (sharded over several hosts)
+    are left out: each host verifies what it restores of them by shape only.
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            continue
+        a = np.asarray(jax.device_get(leaf))
+        digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+        out[_path_name(path)] = digest.hexdigest()
+    return out
+
+
+def _check_checksums(directory: pathlib.Path, step: int, tree: Any, meta: dict[str, Any]) -> None:
+    saved = meta.get(CHECKSUMS_KEY)
+    if saved is None:
+        return  # written before checksums existed: nothing to compare
+    got = array_checksums(tree)
+    bad = sorted(k for k in saved if k in got and got[k] != saved[k])
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DamagedCheckpointError(directory, step, f"array(s) {bad[:3]}{more} do not match their saved checksums")
+
+
+def _reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1][:300] if lines else '(no message)'}"
 
 
 class CheckpointStore:
-    """Keep-N checkpoints under ``directory``: a state pytree plus JSON metadata."""
+    """Keep-N checkpoints under ``directory``: a state pytree plus JSON metadata, checked on restore.
+
+    Every save records a SHA-256 checksum of each array in the metadata;
+    every restore recomputes them, so flipped bytes are caught, not trained
+    on. A checkpoint that cannot be read or fails its checksums raises
+    :class:`DamagedCheckpointError` naming the step and why;
+    :meth:`restore_intact` then moves it aside (``<step>.damaged``, never
+    deleted) and falls back to the newest intact one.
+    """
 
     def __init__(self, directory: str | pathlib.Path, keep: int = 3):
         if keep < 1:
@@ -90,61 +132,161 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps on disk, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves and waits until the checkpoint is complete on disk.
+        """Saves (with the arrays' checksums in the metadata) and waits until the checkpoint is complete on disk.
 
         A checkpoint of the same step left by an earlier attempt that crashed
         before its next regular checkpoint (so the run restarted from further
         back) is replaced: the run is deterministic, so it holds the same state.
+
+        Raises:
+          OSError: one line naming the directory when the disk is full (the
+            earlier checkpoints stay intact).
         """
+        meta = {**meta, CHECKSUMS_KEY: array_checksums(state)}
         if step in self._manager.all_steps():
             self._manager.delete(step)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            need = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes")) / 2**20
+            free = shutil.disk_usage(self.directory).free / 2**20
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device writing checkpoint step {step} to {self.directory}: it needs about "
+                f"{need:,.1f} MiB, {free:,.1f} MiB are free. The earlier checkpoints are intact; free some space "
+                "and rerun the same command to resume.",
+            ) from None
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata of ``step`` (default: the newest).
+
+        Raises:
+          DamagedCheckpointError: when it cannot be read.
+        """
         step = self.latest_step() if step is None else step
-        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(out["meta"])
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return dict(out["meta"])
+        except Exception as e:  # orbax, tensorstore and json all have their own errors for a broken file
+            raise DamagedCheckpointError(self.directory, step, _reason(e)) from e
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restores ``(state, meta)``; ``abstract_state`` carries shapes, dtypes and shardings."""
+        """Restores ``(state, meta)`` and verifies every array; ``abstract_state`` carries shapes, dtypes, shardings.
+
+        Raises:
+          DamagedCheckpointError: when a file cannot be read or an array fails its checksum.
+        """
         step = self.latest_step() if step is None else step
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-        )
-        return out["state"], dict(out["meta"])
+        try:
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            )
+        except Exception as e:  # orbax, tensorstore and json all have their own errors for a broken file
+            raise DamagedCheckpointError(self.directory, step, _reason(e)) from e
+        state, meta = out["state"], dict(out["meta"])
+        _check_checksums(self.directory, step, state, meta)
+        return state, meta
+
+    def restore_intact(self, abstract_state: Any, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint that restores intact; each damaged newer one is moved aside and reported.
+
+        Returns:
+          ``(state, meta)``, or None when the store holds no checkpoint.
+
+        Raises:
+          DamagedCheckpointError: when every checkpoint is damaged (all kept, renamed ``<step>.damaged``).
+        """
+        damaged = []
+        for step in self.steps():
+            try:
+                restored = self.restore(abstract_state, step)
+            except DamagedCheckpointError as e:
+                damaged.append(e)
+                log(f"{e}; kept as {self._set_aside(step)}, trying the one before.")
+                continue
+            if damaged:
+                log(f"resuming from step {step}, the newest intact checkpoint in {self.directory}.")
+            return restored
+        if damaged:
+            raise DamagedCheckpointError(
+                self.directory,
+                damaged[0].step,
+                f"and so is every other checkpoint there ({', '.join(f'step {e.step}: {e.reason}' for e in damaged)})"
+                "; they were kept as <step>.damaged. Start a new --workdir, or put back a copy of a good checkpoint.",
+            )
+        return None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        """Renames a damaged step's directory so that no later save or clean-up removes it."""
+        source = self.directory / str(step)
+        target = self.directory / f"{step}.damaged"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory / f"{step}.damaged.{n}"
+        if jax.process_index() == 0:
+            source.rename(target)
+        self._manager.reload()
+        return target
 
     def close(self) -> None:
         self._manager.close()
 
 
-def read_latest(directory: str | pathlib.Path, with_meta: bool = True) -> tuple[Any, dict[str, Any], int] | None:
-    """``(state tree, meta, step)`` of the newest checkpoint in ``directory`` as saved, or None if there is none.
+def read_latest(
+    directory: str | pathlib.Path, with_meta: bool = True, log: Callable[[str], None] | None = None
+) -> tuple[Any, dict[str, Any], int] | None:
+    """``(state tree, meta, step)`` of the newest intact checkpoint in ``directory`` as saved, or None if none.
 
     Without a target, the state comes back as nested dicts of host arrays
     (NamedTuples as dicts): enough to read params, not to resume a run.
+    Reading changes nothing on disk: a damaged checkpoint is reported
+    (``log``, by default stderr) and skipped, not moved.
+
+    Raises:
+      DamagedCheckpointError: when every checkpoint there is damaged.
     """
     directory = pathlib.Path(directory).absolute()
     if not directory.is_dir():
         return None
+    log = log or (lambda line: print(line, file=sys.stderr))
     manager = ocp.CheckpointManager(directory)
+    damaged = []
     try:
-        step = manager.latest_step()
-        if step is None:
-            return None
-        args = {"state": ocp.args.StandardRestore()}
-        if with_meta:
-            args["meta"] = ocp.args.JsonRestore()
-        out = manager.restore(step, args=ocp.args.Composite(**args))
+        for step in sorted(manager.all_steps(), reverse=True):
+            args = {"state": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+            try:
+                out = manager.restore(step, args=ocp.args.Composite(**args))
+                _check_checksums(directory, step, out["state"], dict(out["meta"]))
+            except DamagedCheckpointError as e:
+                damaged.append(e)
+            except Exception as e:  # orbax, tensorstore and json all have their own errors for a broken file
+                damaged.append(DamagedCheckpointError(directory, step, _reason(e)))
+            else:
+                for e in damaged:
+                    log(f"{e}; skipped, using step {step}.")
+                meta = dict(out["meta"]) if with_meta else {}
+                meta.pop(CHECKSUMS_KEY, None)
+                return out["state"], meta, int(step)
     finally:
         manager.close()
-    return out["state"], dict(out["meta"]) if with_meta else {}, int(step)
+    if damaged:
+        reasons = "; ".join(f"step {e.step}: {e.reason}" for e in damaged)
+        raise DamagedCheckpointError(directory, damaged[0].step, f"and so is every other checkpoint there ({reasons})")
+    return None
 
 
 def model_config_from_json(text: str) -> Any:
@@ -160,11 +302,92 @@ def model_config_from_json(text: str) -> Any:
     return config_from_json(text, CONFIG_CLASSES)
 
 
-def save_reduced(directory: str | pathlib.Path, params: Any, config: Any) -> None:
-    """Saves a model's params and its config (JSON) as one orbax checkpoint; reloads without the original config."""
-    store = CheckpointStore(directory, keep=1)
+REDUCED_KIND = "flaxprune reduced model"  # what a reduced model's marker file says it is
+
+
+def is_reduced_model(directory: str | pathlib.Path) -> bool:
+    """Whether ``directory`` holds a reduced model written by :func:`save_reduced` (and nothing else).
+
+    Recognised by its marker file, or, for folders written before the
+    marker existed, by holding only orbax step ``0`` whose meta has a model
+    config.
+    """
+    directory = pathlib.Path(directory)
+    marker = directory / REDUCED_MARKER
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text(encoding="utf-8")).get("kind") == REDUCED_KIND
+        except (ValueError, AttributeError):
+            return False
+    if {p.name for p in directory.iterdir()} != {"0"}:
+        return False
+    meta = directory / "0" / "meta" / "metadata"
+    try:
+        return "model_config" in json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def check_output(directory: str | pathlib.Path, overwrite: bool = False) -> None:
+    """Refuses an output folder a reduced model may not be written to; writes nothing.
+
+    A new or empty folder is fine; an earlier reduced model only with
+    ``overwrite``; anything else (a run's ``checkpoints/``, a file, a folder
+    of other files) never, so no command deletes what it did not create.
+
+    Raises:
+      FileExistsError: naming the folder, what is there, and what is accepted.
+    """
+    directory = pathlib.Path(directory).absolute()
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise FileExistsError(f"output {directory} is a file; a reduced model is written to a new or empty folder.")
+    entries = sorted(p.name for p in directory.iterdir())
+    if not entries:
+        return
+    if not is_reduced_model(directory):
+        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"output {directory} is not empty ({shown}) and is not a flaxprune reduced model: nothing was written. "
+            "Choose a new or empty folder."
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"output {directory} already holds a reduced model: nothing was written. Pass --overwrite "
+            "(overwrite=True) to replace it, or choose a new folder."
+        )
+
+
+def save_reduced(directory: str | pathlib.Path, params: Any, config: Any, overwrite: bool = False) -> None:
+    """Saves a model's params and its config (JSON) as one orbax checkpoint; reloads without the original config.
+
+    The folder must be new or empty, or (with ``overwrite``) an earlier
+    reduced model, which is replaced only once the new one is complete.
+
+    Raises:
+      FileExistsError: from :func:`check_output`.
+    """
+    directory = pathlib.Path(directory).absolute()
+    check_output(directory, overwrite)
+    target = directory
+    if directory.exists() and any(directory.iterdir()):  # an earlier reduced model: write beside it, then swap
+        target = directory.with_name(f"{directory.name}.new")
+        if target.exists() and is_reduced_model(target):
+            shutil.rmtree(target)  # our own leftover from an interrupted overwrite
+    store = CheckpointStore(target, keep=1)
     store.save(0, jax.device_get(params), {"model_config": config_to_json(config)})
     store.close()
+    (target / REDUCED_MARKER).write_text(json.dumps({"kind": REDUCED_KIND}), encoding="utf-8")
+    if target != directory:
+        old = directory.with_name(f"{directory.name}.old")
+        if old.exists():
+            if not is_reduced_model(old):
+                raise FileExistsError(f"{old} is in the way of replacing {directory}; move it, then rerun.")
+            shutil.rmtree(old)  # our own leftover from an interrupted overwrite
+        directory.rename(old)
+        target.rename(directory)
+        shutil.rmtree(old)  # the earlier reduced model, replaced as asked
 
 
 def load_reduced(directory: str | pathlib.Path) -> tuple[Any, Any, Any]:

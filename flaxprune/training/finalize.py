@@ -12,7 +12,8 @@ import numpy as np
 from flaxprune.size import hard_sparsity, prunable_params, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import RunFiles, load_reduced, save_reduced
+from flaxprune.training.checkpoint import load_reduced, save_reduced
+from flaxprune.training.run_dir import RunFiles
 
 __all__ = ["finalize", "time_forward"]
 
@@ -33,25 +34,41 @@ def _fmt(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def finalize(run: Any, params: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluates the final params; when pruning, shrinks, saves, reloads and re-evaluates the reduced model."""
+def finalize(
+    run: Any, params: Any, log: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any] | None:
+    """Evaluates the final params; when pruning, shrinks, saves, reloads and re-evaluates the reduced model.
+
+    Returns None when ``stop()`` (a SIGTERM) turns true between two stages:
+    nothing of the summary is written then, and rerunning the run repeats
+    the end from its last checkpoint (``reduced/`` is the run's own and is
+    replaced).
+    """
     task = run.task
     params = jax.device_get(params)
     gated_metrics = {**task.evaluate(params, "valid"), **task.evaluate(params, "test")}
+    if stop():
+        return None
     inputs = task.speed_inputs()
     summary: dict[str, Any] = {"params": total_params(params), **gated_metrics}
     summary["seconds_per_batch"] = time_forward(task.model, params, inputs)
+    if stop():
+        return None
     if not run.prune:
         log(f"\nfinal: params {summary['params']:,} | {_fmt(gated_metrics)}")
         return summary
     gate = run.model_config.plan.gate
     small, small_config = shrink(params, run.model_config)
     reduced_dir = RunFiles(run.workdir).reduced
-    save_reduced(reduced_dir, small, small_config)
+    save_reduced(reduced_dir, small, small_config, overwrite=True)  # the run's own, from an interrupted end
     model, small, _ = load_reduced(reduced_dir)  # prove it reloads without the original config
     small = jax.device_put(small, jax.tree.map(lambda _: sharding.replicated(run.mesh), small))
     reduced_task = task.with_model(model, small_config)
+    if stop():
+        return None
     reduced_metrics = {**reduced_task.evaluate(small, "valid"), **reduced_task.evaluate(small, "test")}
+    if stop():
+        return None
     summary.update(
         prunable_params=prunable_params(params, run.basis),
         sparsity_basis=run.basis,

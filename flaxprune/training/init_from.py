@@ -9,7 +9,8 @@ from flax import traverse_util
 
 from flaxprune.gates import is_gate_param
 from flaxprune.surgery import factorize_params
-from flaxprune.training.checkpoint import RunFiles, read_latest
+from flaxprune.training.checkpoint import read_latest
+from flaxprune.training.run_dir import RunFiles
 
 __all__ = ["load_initial_params"]
 

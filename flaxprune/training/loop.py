@@ -27,11 +27,17 @@ import numpy as np
 from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
-from flaxprune.serialization import config_to_json
+from flaxprune.serialization import config_to_json, to_tree
 from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import CheckpointStore, RunFiles, model_config_from_json
+from flaxprune.training.checkpoint import (
+    CheckpointStore,
+    DamagedCheckpointError,
+    is_reduced_model,
+    model_config_from_json,
+)
+from flaxprune.training.run_dir import RunFiles, RunLock, config_changes, format_changes, record_config_change
 from flaxprune.training.config import learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
@@ -58,6 +64,7 @@ class Run:
     lr_fn: Callable
     target_fn: Callable
     model_json: str
+    config_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)  # accepted on a resume
 
     @property
     def prune(self) -> bool:
@@ -73,27 +80,71 @@ class Run:
         return self.task.model_config
 
 
-def prepare(config: Any, workdir: str | pathlib.Path) -> Run:
+def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bool = False) -> Run:
     """Validates the config and builds data, model, mesh and optimizer; writes nothing.
 
+    Args:
+      config: the experiment ConfigDict.
+      workdir: the run directory (new, or a run's to resume).
+      allow_config_change: resume a run whose ``config.json`` differs from
+        ``config`` (outside the model, which must match); the change is
+        recorded in ``config_history.jsonl``. Without it such a resume is refused.
+
     Raises:
-      ValueError / FileNotFoundError: on a bad config field, a missing or
-        empty data file, a batch that does not split over the devices, or a
-        checkpoint in ``workdir`` from a different model config.
+      ValueError / FileNotFoundError / FileExistsError / NotADirectoryError: on
+        a bad config field, a missing or empty data file, a batch that does not
+        split over the devices, a workdir that is a file or whose ``reduced/``
+        holds something else, a checkpoint from a different model config, or a
+        changed config on a resume.
     """
     validate(config)
     workdir = pathlib.Path(workdir)
+    _check_workdir(workdir)
     sharding.initialize_distributed()
     mesh = sharding.make_mesh(config.train.num_devices or None)
     sharding.check_divisible("config.train.batch_size", config.train.batch_size, mesh)
     sharding.check_divisible("config.train.eval_batch_size", config.train.eval_batch_size, mesh)
     task = build_task(config, mesh)
     model_json = config_to_json(task.model_config)
-    _check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config, model_json)
+    changes = {}
+    if _check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config):
+        changes = _check_config_change(workdir, config, allow_config_change)
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
     tx = _optimizer(config.optim, lr_fn)
     target_fn = _target_fn(config, task)
-    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json)
+    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes)
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+    """Refuses a workdir that is a file, or whose ``reduced/`` holds something the run did not write."""
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"workdir {workdir} is a file; --workdir is a run directory (new, or a run's).")
+    reduced = RunFiles(workdir).reduced
+    if reduced.exists() and not (reduced.is_dir() and (not any(reduced.iterdir()) or is_reduced_model(reduced))):
+        raise FileExistsError(
+            f"{reduced} holds something other than this run's reduced model; the run writes its reduced model "
+            "there at the end. Move it away, or use another --workdir."
+        )
+
+
+def _check_config_change(workdir: pathlib.Path, config: Any, allow: bool) -> dict[str, tuple[Any, Any]]:
+    """The changes from the run's ``config.json`` on a resume: refused unless ``allow``."""
+    saved = RunFiles(workdir).config
+    if not saved.is_file():
+        return {}
+    try:
+        old = json.loads(saved.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{saved} is not valid JSON ({e}); restore it, or use another --workdir.") from None
+    changes = config_changes(old, json.loads(config.to_json_best_effort()))
+    if changes and not allow:
+        raise ValueError(
+            f"{workdir} holds a run of another config; resuming with this one would change "
+            f"{format_changes(changes)}. Rerun with the config that made it, use another --workdir, or pass "
+            "--allow-config-change (allow_config_change=True) to continue with the change, recorded in "
+            f"{RunFiles(workdir).config_history.name}."
+        )
+    return changes
 
 
 def _optimizer(optim: Any, lr_fn: Callable) -> Any:
@@ -119,22 +170,49 @@ def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     return target_schedule(config.prune.target, config.prune.target_warmup, start=start)
 
 
-def _check_existing_checkpoint(ckpt_dir: pathlib.Path, config: Any, model_config: Any, model_json: str) -> None:
-    """Refuses a workdir whose checkpoints hold another model (a resume must rebuild the same shapes)."""
-    if not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
-        return
+def _check_existing_checkpoint(ckpt_dir: pathlib.Path, config: Any, model_config: Any) -> bool:
+    """Whether ``ckpt_dir`` holds a checkpoint; refuses one of another model (a resume must rebuild the same shapes).
+
+    The model config is read from the newest checkpoint whose metadata reads
+    (a damaged one is reported when the run restores it).
+    """
+    if not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+        return False
     store = CheckpointStore(ckpt_dir, config.train.keep_checkpoints)
     try:
-        if store.latest_step() is None:
-            return
-        saved = store.read_meta()["model_config"]
+        saved = None
+        for step in store.steps():
+            try:
+                saved = store.read_meta(step)["model_config"]
+                break
+            except (DamagedCheckpointError, KeyError):
+                continue
+        if not store.steps():
+            return False
     finally:
         store.close()
-    if not same_model_config(saved, model_config):
+    if saved is not None and not same_model_config(saved, model_config):
         raise ValueError(
-            f"{ckpt_dir} holds a checkpoint of a different model config; use a new --workdir or the "
-            f"config that made it.\nsaved:   {saved}\ncurrent: {model_json}"
+            f"{ckpt_dir} holds a checkpoint of a different model config: {_model_difference(saved, model_config)}. "
+            "Use a new --workdir, or the config that made it."
         )
+    return True
+
+
+def _model_difference(saved_json: str, model_config: Any) -> str:
+    """The fields of the model config that differ, named (``d_model 16 -> 24``), not the two configs dumped."""
+    try:
+        saved = json.loads(saved_json)
+    except ValueError:
+        return "the saved one is not JSON"
+    changes = config_changes(saved, to_tree(model_config))
+    if not changes:
+        try:
+            model_config_from_json(saved_json)
+        except ValueError as e:
+            return f"the saved one cannot be loaded ({e})"
+        return "they differ"
+    return format_changes(changes)
 
 
 def same_model_config(saved_json: str, config: Any) -> bool:
@@ -224,8 +302,9 @@ def _resume_or_start(
     ``target`` is the abstract state with its shardings, which a restore fills and a fresh state is built to.
     """
     state_sh = jax.tree.map(lambda a: a.sharding, target)
-    if ckpts.latest.latest_step() is not None:
-        state, meta = ckpts.latest.restore(target)
+    restored = ckpts.latest.restore_intact(target, log)
+    if restored is not None:
+        state, meta = restored
         batcher.restore(meta["data"])
         ckpts.best_score = meta.get("best_score", ckpts.best_score)
         log(f"resumed from step {int(state.step)} in {ckpts.latest.directory}")
@@ -323,11 +402,16 @@ def _keep_if_best(run: Run, ckpts: _Checkpoints, state: TrainState, ev: dict[str
         ckpts.save(ckpts.best, state)
 
 
-def _final_params(ckpts: _Checkpoints, state: TrainState, target: TrainState) -> tuple[Any, str]:
-    """The best checkpoint's params when there is one, else the last state's."""
-    if ckpts.best.latest_step() is None:
+def _final_params(ckpts: _Checkpoints, state: TrainState, target: TrainState, log: Callable) -> tuple[Any, str]:
+    """The best checkpoint's params when there is an intact one, else the last state's."""
+    try:
+        restored = ckpts.best.restore_intact(target, log)
+    except DamagedCheckpointError as e:
+        log(f"{e}; finishing with the last state instead.")
+        restored = None
+    if restored is None:
         return state.params, "last"
-    best_state, _ = ckpts.best.restore(target)
+    best_state, _ = restored
     return best_state.params, f"best (step {int(best_state.step)})"
 
 
@@ -339,6 +423,7 @@ def train(
     config: Any,
     workdir: str | pathlib.Path,
     *,
+    allow_config_change: bool = False,
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
@@ -347,7 +432,10 @@ def train(
 
     Args:
       config: the experiment ConfigDict (``experiments/configs/*.py``).
-      workdir: where checkpoints, metrics and the reduced model go.
+      workdir: where checkpoints, metrics and the reduced model go; one run
+        at a time (a second is refused while the first holds its lock).
+      allow_config_change: resume even though ``config`` differs from the
+        run's saved config outside the model (recorded in the run's config history).
       on_step: called with the step number after each update (tests use it
         to interrupt a run).
       log: where to print progress lines.
@@ -355,63 +443,82 @@ def train(
 
     Returns:
       ``{'status': 'done' | 'preempted', ...}``; when done, the final summary.
+
+    Raises:
+      WorkdirInUseError: another live run holds ``workdir``.
+      DamagedCheckpointError: every checkpoint in ``workdir`` is damaged (each is kept).
+      NonFiniteLossError: the loss went non-finite (the last good checkpoint is kept).
     """
+    run = prepare(config, workdir, allow_config_change=allow_config_change)  # checks everything, writes nothing
+    files = RunFiles(workdir)
+    files.workdir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(files.workdir, log) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, _preemption_flag() as flag:
+        return _train_in(run, files, flag, on_step, log, progress)
+
+
+def _train_in(
+    run: Run, files: RunFiles, flag: dict[str, bool], on_step: Callable | None, log: Callable, progress: bool
+) -> dict[str, Any]:
+    """The run itself, in its locked directory with the SIGTERM flag set up."""
     from flaxprune.training.finalize import finalize  # the end of a run: shrink, save, evaluate, time
 
-    # --- Build everything and check it; nothing is written before this returns.
-    run = prepare(config, workdir)
-    cfg, task, files = run.config, run.task, RunFiles(workdir)
+    cfg, task = run.config, run.task
 
-    # --- The run directory.
-    files.workdir.mkdir(parents=True, exist_ok=True)
+    # --- The state: resumed from the newest intact checkpoint, or fresh.
     batcher = task.train_batches(jax.process_index(), jax.process_count())
     ckpts = _Checkpoints(run, batcher)
-    writer = MetricsWriter(files.workdir)
-    files.config.write_text(cfg.to_json_best_effort(indent=1), encoding="utf-8")
-
-    # --- The state: resumed from the newest checkpoint, or fresh.
     create = initial_state_fn(task, run.tx, cfg.train.seed, cfg.train.batch_size)
     abstract = jax.eval_shape(create)
     state_sh = state_shardings(abstract, run.mesh)
     target = abstract_target(abstract, state_sh)
     state = _resume_or_start(run, ckpts, batcher, create, target, log)
-    train_step, to_device = _compile_step(run, state_sh)
+    start, total = int(state.step), cfg.train.steps
+
+    # --- The files: metrics from the restored step on, the config (and its accepted change).
+    writer = MetricsWriter(files.workdir)
+    writer.start_at(start)
+    if start > 0 and run.config_changes and jax.process_index() == 0:
+        record_config_change(files.workdir, start, run.config_changes)
+        log(f"resuming with a changed config from step {start}: {format_changes(run.config_changes)}")
+    if jax.process_index() == 0:
+        files.config.write_text(cfg.to_json_best_effort(indent=1), encoding="utf-8")
 
     # --- Train: log, evaluate (keeping the best), checkpoint, stop cleanly on SIGTERM.
-    start, total = int(state.step), cfg.train.steps
+    train_step, to_device = _compile_step(run, state_sh)
     meter = _Throughput(start, cfg.train.batch_size)
     bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
-    status = "done"
-    with _preemption_flag() as flag:
-        for step in range(start, total):
-            state, metrics = train_step(state, to_device(next(batcher)))
-            done = step + 1
-            bar.update(1)
-            if _due(done, cfg.train.log_every, total):
-                _log_train(writer, bar, ckpts, state, metrics, done, meter.tick(done))
-            if _due(done, cfg.train.eval_every, total):
-                ev = _evaluate(run, state, done)
-                writer.write(done, "eval", ev)
-                log(_eval_line(run, done, ev, metrics, meter.rate))
-                _keep_if_best(run, ckpts, state, ev)
-            if on_step is not None:
-                on_step(done)
-            if _due(done, cfg.train.checkpoint_every, total):
-                ckpts.save(ckpts.latest, state)
-            if flag["stop"] and done < total:
-                ckpts.save(ckpts.latest, state)
-                status = "preempted"
-                log(f"SIGTERM: saved step {done} to {ckpts.latest.directory}; rerun the same command to resume.")
-                break
+    for step in range(start, total):
+        state, metrics = train_step(state, to_device(next(batcher)))
+        done = step + 1
+        bar.update(1)
+        if _due(done, cfg.train.log_every, total):
+            _log_train(writer, bar, ckpts, state, metrics, done, meter.tick(done))
+        if _due(done, cfg.train.eval_every, total):
+            ev = _evaluate(run, state, done)
+            writer.write(done, "eval", ev)
+            log(_eval_line(run, done, ev, metrics, meter.rate))
+            _keep_if_best(run, ckpts, state, ev)
+        if on_step is not None:
+            on_step(done)
+        if _due(done, cfg.train.checkpoint_every, total):
+            ckpts.save(ckpts.latest, state)
+        if flag["stop"] and done < total:
+            ckpts.save(ckpts.latest, state)
+            bar.close()
+            ckpts.close()
+            log(f"SIGTERM: saved step {done} to {ckpts.latest.directory}; rerun the same command to resume.")
+            return {"status": "preempted", "step": done}
     bar.close()
-    if status == "preempted":
-        ckpts.close()
-        return {"status": status, "step": int(state.step)}
 
     # --- The end: the best params, shrunk, saved, reloaded, evaluated and timed.
-    final_params, source = _final_params(ckpts, state, target)
+    final_params, source = _final_params(ckpts, state, target, log)
     ckpts.close()
-    summary = finalize(run, final_params, log=log)
+    summary = finalize(run, final_params, log=log, stop=lambda: flag["stop"])
+    if summary is None:
+        log("SIGTERM during the end of the run: the training is saved; rerun the same command to finish it.")
+        return {"status": "preempted", "step": int(state.step)}
     summary.update(status="done", step=int(state.step), final_params_from=source, train_sequences_per_s=meter.rate)
-    files.summary.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    if jax.process_index() == 0:
+        files.summary.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary

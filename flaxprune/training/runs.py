@@ -18,7 +18,14 @@ from flaxprune.models import model_for
 from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import RunFiles, load_reduced, model_config_from_json, read_latest, save_reduced
+from flaxprune.training.run_dir import RunFiles
+from flaxprune.training.checkpoint import (
+    check_output,
+    load_reduced,
+    model_config_from_json,
+    read_latest,
+    save_reduced,
+)
 from flaxprune.training.task import build_task
 
 __all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
@@ -63,11 +70,20 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "valid", reduced: boo
     return task.evaluate(jax.device_get(params), split)
 
 
-def shrink_run(workdir: str | pathlib.Path, output: str | pathlib.Path) -> tuple[int, int]:
-    """Shrinks the run's newest checkpoint into ``output``; returns params before and after."""
+def shrink_run(workdir: str | pathlib.Path, output: str | pathlib.Path, overwrite: bool = False) -> tuple[int, int]:
+    """Shrinks the run's newest checkpoint into ``output``; returns params before and after.
+
+    ``output`` must be new or empty, or an earlier reduced model with
+    ``overwrite``: it is checked before anything is loaded or written.
+
+    Raises:
+      FileExistsError: for an output that may not be written (see :func:`~flaxprune.training.checkpoint.check_output`).
+      FileNotFoundError: if the run has no checkpoint.
+    """
+    check_output(output, overwrite)
     _, params, config, _ = load_run(workdir)
     small, small_config = shrink(params, config)
-    save_reduced(output, small, small_config)
+    save_reduced(output, small, small_config, overwrite=overwrite)
     return total_params(params), total_params(small)
 
 

@@ -8,7 +8,8 @@ import pytest
 
 import flaxprune as fp
 from flaxprune.models import SRUConfig, SRULanguageModel
-from flaxprune.training.checkpoint import CheckpointStore, RunFiles, load_reduced, read_latest, save_reduced
+from flaxprune.training.checkpoint import CheckpointStore, load_reduced, read_latest, save_reduced
+from flaxprune.training.run_dir import RunFiles
 
 
 def test_run_files_name_the_layout(tmp_path):

@@ -18,7 +18,8 @@ from tiny_runs import tiny_lm_config
 import flaxprune as fp
 from flaxprune.models import SRUConfig, SRULanguageModel
 from flaxprune.training import loop, runs
-from flaxprune.training.checkpoint import CheckpointStore, RunFiles, load_reduced, save_reduced
+from flaxprune.training.checkpoint import CheckpointStore, load_reduced, save_reduced
+from flaxprune.training.run_dir import RunFiles
 
 
 def _payload(tmp_path):
