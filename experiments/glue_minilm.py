@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                 model, params, config = load_reduced(RunFiles(workdir / name).reduced)
             else:
                 model, params, config, _ = load_run(workdir / name)
-            rows_ = [r for r in report(params, plan=config.plan) if "/encoder/" in r.path]
+            rows_ = [r for r in report(params, config) if "/encoder/" in r.path]
             ranks = {r.path.split("/encoder/")[1]: r.rank for r in rows_} if prune else {}
             flops[name] = sum(r.flops_per_token for r in rows_)
             models[name] = (model, jax.device_get(params))

@@ -29,6 +29,7 @@ The pieces here are pure functions and optax factories:
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -58,6 +59,10 @@ ScalarOrSchedule = float | optax.Schedule
 
 def _is_real(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_finite(x: Any) -> bool:
+    return _is_real(x) and math.isfinite(x)
 
 
 def _is_int(x: Any) -> bool:
@@ -120,7 +125,7 @@ def target_schedule(target: float, warmup_steps: int, start: float = 0.0) -> opt
       target: final sparsity, in [0, 1) (1 would prune everything).
       warmup_steps: steps over which the target moves from ``start``; 0 means
         the target applies from the first step.
-      start: the target at step 0, a number < 1.
+      start: the target at step 0, a finite number < 1.
 
     Returns:
       A schedule mapping a (possibly traced) step count to a float32 scalar.
@@ -133,8 +138,8 @@ def target_schedule(target: float, warmup_steps: int, start: float = 0.0) -> opt
         raise ValueError(f"target_schedule: target={target!r} must be a number in [0, 1).")
     if not (_is_int(warmup_steps) and warmup_steps >= 0):
         raise ValueError(f"target_schedule: warmup_steps={warmup_steps!r} must be an integer >= 0.")
-    if not (_is_real(start) and start < 1):
-        raise ValueError(f"target_schedule: start={start!r} must be a number < 1.")
+    if not (_is_finite(start) and start < 1):
+        raise ValueError(f"target_schedule: start={start!r} must be a finite number < 1.")
     target, start = float(target), float(start)
     warmup_steps = int(warmup_steps)
 
@@ -156,7 +161,7 @@ def noam_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
     ``0 ** -0.5``).
 
     Args:
-      learning_rate: the scale ``lr`` (> 0). Note the peak rate is
+      learning_rate: the scale ``lr`` (finite, > 0). Note the peak rate is
         ``lr / sqrt(warmup_steps)``, not ``lr``.
       warmup_steps: integer >= 1.
 
@@ -164,11 +169,11 @@ def noam_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
       A schedule mapping a (possibly traced) update count to a float32 scalar.
 
     Raises:
-      ValueError: if ``learning_rate`` <= 0 or ``warmup_steps`` is not an
-        integer >= 1.
+      ValueError: if ``learning_rate`` is not a finite number > 0 or
+        ``warmup_steps`` is not an integer >= 1.
     """
-    if not (_is_real(learning_rate) and learning_rate > 0):
-        raise ValueError(f"noam_schedule: learning_rate={learning_rate!r} must be a number > 0.")
+    if not (_is_finite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"noam_schedule: learning_rate={learning_rate!r} must be a finite number > 0.")
     if not (_is_int(warmup_steps) and warmup_steps >= 1):
         raise ValueError(f"noam_schedule: warmup_steps={warmup_steps!r} must be an integer >= 1.")
     learning_rate = float(learning_rate)
@@ -206,11 +211,21 @@ def gradient_ascent(inner: optax.GradientTransformation) -> optax.GradientTransf
     zero) instead of reversing them.
 
     Args:
-      inner: any optax optimizer, e.g. ``optax.adam(1e-2)``.
+      inner: any optax optimizer, e.g. ``optax.adam(1e-2)``. Its rate is
+        inside it and cannot be checked here: build it with a finite one
+        (:func:`flop_optimizer` checks its ``lambda_learning_rate``).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`GradientAscentState`.
+
+    Raises:
+      ValueError: if ``inner`` is not an optax ``GradientTransformation`` (a rate, say).
     """
+    if not isinstance(inner, optax.GradientTransformation):
+        raise ValueError(
+            f"gradient_ascent: inner={inner!r} must be an optax.GradientTransformation, the optimizer to turn "
+            "into a maximiser, e.g. gradient_ascent(optax.adam(1e-2))."
+        )
 
     def init_fn(params):
         return GradientAscentState(inner_state=inner.init(params))
@@ -254,9 +269,31 @@ def param_labels(tree: Any) -> Any:
 def _check_rate(fn: str, name: str, value: Any, allow_schedule: bool) -> None:
     if allow_schedule and callable(value):
         return
-    if not (_is_real(value) and value > 0):
-        accepted = "a number > 0 or an optax schedule" if allow_schedule else "a number > 0"
+    if not (_is_finite(value) and value > 0):
+        accepted = "a finite number > 0 or an optax schedule" if allow_schedule else "a finite number > 0"
         raise ValueError(f"{fn}: {name}={value!r} must be {accepted}.")
+
+
+def _check_trainable(tree: Any) -> None:
+    """Raises unless ``tree`` is a trainable pytree ``{'params': ..., 'lagrangian': {'lambda_1', 'lambda_2'}}``.
+
+    Without the multipliers ``optax.partition`` would label nothing ``'multipliers'`` and train on, silently
+    without the constraint; other top-level keys (more trainable state) are the caller's affair.
+    """
+    lambdas = tree.get(LAGRANGIAN_KEY) if isinstance(tree, Mapping) else None
+    if (
+        not isinstance(tree, Mapping)
+        or "params" not in tree
+        or not isinstance(lambdas, Mapping)
+        or set(lambdas) != set(_MULTIPLIER_NAMES)
+    ):
+        found = sorted(map(str, tree)) if isinstance(tree, Mapping) else type(tree).__name__
+        inner = f", 'lagrangian' holds {sorted(map(str, lambdas))}" if isinstance(lambdas, Mapping) else ""
+        raise ValueError(
+            f"flop_optimizer: init got a pytree with keys {found}{inner}; the trainable pytree must be "
+            "{'params': ..., 'lagrangian': fp.init_multipliers()}: without the multipliers nothing ascends "
+            "and the sparsity target is never enforced."
+        )
 
 
 def _decay_mask(params: Any) -> Any:
@@ -301,9 +338,9 @@ def flop_optimizer(
       trainable = optax.apply_updates(trainable, updates)
 
     Args:
-      learning_rate: weights' rate (> 0) or an optax schedule.
-      gate_learning_rate: gates' rate (> 0) or an optax schedule.
-      lambda_learning_rate: multipliers' rate (> 0).
+      learning_rate: weights' rate (finite, > 0) or an optax schedule.
+      gate_learning_rate: gates' rate (finite, > 0) or an optax schedule.
+      lambda_learning_rate: multipliers' rate (finite, > 0).
       clip_norm: maximum global norm of the weights' gradient (> 0), or None
         to skip clipping.
       weight_decay: decoupled weight decay (>= 0) of the weight matrices.
@@ -312,27 +349,30 @@ def flop_optimizer(
       eps: AdamW's denominator epsilon (>= 0).
 
     Returns:
-      An ``optax.GradientTransformation``; ``update`` needs ``params`` (for
-      weight decay and the partition's labels).
+      An ``optax.GradientTransformation``; ``init`` takes the whole trainable
+      pytree ``{'params': ..., 'lagrangian': init_multipliers()}`` (and
+      refuses any other), ``update`` needs ``params`` (for weight decay and
+      the partition's labels).
 
     Raises:
-      ValueError: if a rate is not > 0 (and not a schedule, where one is
-        allowed), ``clip_norm`` is neither None nor > 0, ``weight_decay`` < 0,
-        ``b1`` or ``b2`` is outside [0, 1), or ``eps`` < 0.
+      ValueError: if a rate is not a finite number > 0 (and not a schedule,
+        where one is allowed), ``clip_norm`` is neither None nor finite and
+        > 0, ``weight_decay`` or ``eps`` is not finite and >= 0, or ``b1``
+        or ``b2`` is outside [0, 1).
     """
     fn = "flop_optimizer"
     _check_rate(fn, "learning_rate", learning_rate, allow_schedule=True)
     _check_rate(fn, "gate_learning_rate", gate_learning_rate, allow_schedule=True)
     _check_rate(fn, "lambda_learning_rate", lambda_learning_rate, allow_schedule=False)
-    if clip_norm is not None and not (_is_real(clip_norm) and clip_norm > 0):
-        raise ValueError(f"{fn}: clip_norm={clip_norm!r} must be None (no clipping) or a number > 0.")
-    if not (_is_real(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"{fn}: weight_decay={weight_decay!r} must be a number >= 0.")
+    if clip_norm is not None and not (_is_finite(clip_norm) and clip_norm > 0):
+        raise ValueError(f"{fn}: clip_norm={clip_norm!r} must be None (no clipping) or a finite number > 0.")
+    if not (_is_finite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"{fn}: weight_decay={weight_decay!r} must be a finite number >= 0.")
     for name, value in (("b1", b1), ("b2", b2)):
         if not (_is_real(value) and 0 <= value < 1):
             raise ValueError(f"{fn}: {name}={value!r} must be a number in [0, 1).")
-    if not (_is_real(eps) and eps >= 0):
-        raise ValueError(f"{fn}: eps={eps!r} must be a number >= 0.")
+    if not (_is_finite(eps) and eps >= 0):
+        raise ValueError(f"{fn}: eps={eps!r} must be a finite number >= 0.")
 
     clip = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else optax.identity()
     weights = optax.chain(
@@ -344,4 +384,10 @@ def flop_optimizer(
         "gates": optax.adam(gate_learning_rate),
         "multipliers": gradient_ascent(optax.adam(lambda_learning_rate)),
     }
-    return optax.partition(transforms, param_labels)
+    tx = optax.partition(transforms, param_labels)
+
+    def init_fn(tree):
+        _check_trainable(tree)
+        return tx.init(tree)
+
+    return tx._replace(init=init_fn)

@@ -6,6 +6,13 @@ keys its specs by. Size accounting, surgery and the spectral gate start all
 visit the nodes that some layer layout (:data:`flaxprune.layers.LAYOUTS`)
 recognises; these functions are the one walk they share, so a node is
 recognised, addressed and rebuilt the same way everywhere.
+
+Layers are recognised by the names of their params (the reserved names that
+:mod:`flaxprune.layers` lists), so a node that holds a reserved name must
+have exactly the structure of its layer; :func:`layout_of` refuses any other
+(a user's own module with a param called ``P`` or ``log_alpha``), naming the
+path, rather than count it as a layer or skip it. Every walk here goes through
+it, so size accounting, surgery and the spectral start all refuse alike.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from flaxprune.gates import is_gate_param
 from flaxprune.layers import LAYOUTS, Layout
 
 __all__ = ["join_path", "layer_nodes", "layout_of", "map_layer_nodes", "node_at"]
@@ -25,11 +33,38 @@ def join_path(prefix: str, key: Any) -> str:
     return f"{prefix}/{key}" if prefix else str(key)
 
 
-def layout_of(node: Any) -> Layout | None:
-    """The first layout that recognises ``node`` (a dict of one module's params), or None."""
+_BARE_GATES = (
+    "flaxprune reserves names starting with 'log_alpha' for the gates of its layers, and counts or cuts a gate "
+    "only beside the weights it controls (a bare HardConcreteGate's gates control none: leave them out of the "
+    "params passed here)."
+)
+
+
+def layout_of(node: Any, path: str = "") -> Layout | None:
+    """The layout that recognises ``node`` (a dict of one module's params), or None for no layer.
+
+    Args:
+      node: a subtree of a params tree.
+      path: its module path, for the error.
+
+    Raises:
+      ValueError: if ``node`` holds a name a layer reserves without that
+        layer's exact structure, or gate params with no layer weights.
+    """
     if not isinstance(node, Mapping):
         return None
-    return next((layout for layout in LAYOUTS if layout.match(node)), None)
+    layout = next((layout for layout in LAYOUTS if layout.match(node)), None)
+    if layout is not None:
+        problem, reserved = layout.malformed(node), layout.reserved
+    else:
+        gates = sorted(str(k) for k, v in node.items() if is_gate_param(k) and not isinstance(v, Mapping))
+        problem, reserved = (f"gate params {gates} with no layer weights" if gates else None), _BARE_GATES
+    if problem is not None:
+        raise ValueError(
+            f"params at '{path or '<root>'}': {problem}. {reserved} A module of your own must not use these "
+            "names: rename its params."
+        )
+    return layout
 
 
 def _check_params(params: Any, fn: str) -> None:
@@ -43,11 +78,12 @@ def layer_nodes(params: Mapping[str, Any]) -> Iterator[tuple[str, Node, Layout]]
     A recognised node is not searched further (its arrays are one layer's).
 
     Raises:
-      ValueError: if ``params`` is not a mapping.
+      ValueError: if ``params`` is not a mapping, or a node misuses a
+        reserved name (see :func:`layout_of`).
     """
 
     def walk(node, prefix):
-        layout = layout_of(node)
+        layout = layout_of(node, prefix)
         if layout is not None:
             yield prefix, node, layout
             return
@@ -67,11 +103,12 @@ def map_layer_nodes(fn: Callable[[str, Node, Layout], Node | None], params: Mapp
     is not modified. Returning ``node`` itself leaves a layer as it is.
 
     Raises:
-      ValueError: if ``params`` is not a mapping.
+      ValueError: if ``params`` is not a mapping, or a node misuses a
+        reserved name (see :func:`layout_of`).
     """
 
     def walk(node, prefix):
-        layout = layout_of(node)
+        layout = layout_of(node, prefix)
         if layout is not None:
             return fn(prefix, node, layout)
         out = {}

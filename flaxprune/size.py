@@ -30,6 +30,15 @@ Two bases for the sparsity, one definition (``1 - kept / basis``):
   a layer sits above its dense size, as every full-rank SVD layer starts).
   A full-rank start therefore has a negative expected sparsity (-0.5 for
   square matrices).
+
+The counts that read gates (expected and hard params, sparsity, the report)
+take the gate settings from the model: pass its :class:`~flaxprune.Plan`,
+its config (a dataclass with a ``plan`` field) or the plan's ``GateConfig``.
+There is no default, since the eval mask (``'flop'`` or ``'clip'``) decides
+which gates the hard count keeps, and a default that differs from the
+model's would count what :func:`~flaxprune.shrink` does not cut. A gate
+holding NaN or inf makes the sparsity NaN (these run under ``jit``, where
+nothing can raise), never a plausible number.
 """
 
 from __future__ import annotations
@@ -41,10 +50,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.gates import DEFAULT_GATE, GateConfig, deterministic_mask, prob_nonzero
+from flaxprune.gates import GateConfig, deterministic_mask, prob_nonzero
 from flaxprune.layers import FactorizedSpec, GateGroup, InputGatedSpec, LayerRow
+from flaxprune.layers.layout import check_finite_gates
 from flaxprune.param_tree import layer_nodes, node_at
 from flaxprune.plan import Plan
+from flaxprune.surgery import plan_of
 
 __all__ = [
     "BASES",
@@ -63,6 +74,29 @@ __all__ = [
 
 
 BASES = ("factors", "dense")
+OTHER_PATH = "(other params)"  # the report's row of every param outside a layer node
+
+# What the gate-reading counts accept as the gate settings: a GateConfig, a Plan, or a model config with a plan.
+GateSource = Any
+
+
+def gate_of(gate: GateSource, fn: str) -> GateConfig:
+    """The ``GateConfig`` of ``gate``: itself, a plan's ``gate``, or a model config's ``plan.gate``.
+
+    Raises:
+      ValueError: for anything else, naming ``fn`` and the value.
+    """
+    if isinstance(gate, GateConfig):
+        return gate
+    plan = plan_of(gate)
+    if plan is None:
+        shown = repr(gate) if len(repr(gate)) <= 80 else repr(gate)[:77] + "..."
+        raise ValueError(
+            f"{fn}: gate={shown} must be a flaxprune.GateConfig, a Plan, or the model's config (a dataclass "
+            "instance with a 'plan: Plan' field): pass the model's own (e.g. model.plan), so that the count "
+            "uses the eval mask the model evaluates and shrink cuts with."
+        )
+    return plan.gate
 
 
 def _check_basis(basis: str, fn: str) -> None:
@@ -117,36 +151,77 @@ def open_sparsity(params: Mapping[str, Any], basis: str = "factors") -> float:
     return 1.0 - prunable_params(params, "factors") / prunable_params(params, basis)
 
 
-def expected_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE) -> jax.Array:
-    """Expected number of prunable weights kept, ``sum_k c_k P(z_k != 0)``; differentiable."""
+def _all_finite(groups: list[tuple[str, GateGroup]]) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g.log_alpha)) for _, g in groups]))
+
+
+def expected_params(params: Mapping[str, Any], gate: GateSource) -> jax.Array:
+    """Expected number of prunable weights kept, ``sum_k c_k P(z_k != 0)``; differentiable.
+
+    Args:
+      params: params of a gated model.
+      gate: the model's gate settings: its ``Plan``, its config (with a
+        ``plan`` field) or the plan's ``GateConfig``.
+
+    Returns:
+      A float scalar; NaN where a gate holds NaN or inf.
+
+    Raises:
+      ValueError: for a ``gate`` that is none of these, or params without gates.
+    """
+    cfg = gate_of(gate, "expected_params")
     groups = _groups_or_raise(params, "expected_params")
-    return sum(g.cost_per_gate * jnp.sum(prob_nonzero(g.log_alpha, gate)) for _, g in groups)
+    kept = sum(g.cost_per_gate * jnp.sum(prob_nonzero(g.log_alpha, cfg)) for _, g in groups)
+    return jnp.where(_all_finite(groups), kept, jnp.nan)
 
 
-def hard_params(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, basis: str = "factors") -> jax.Array:
+def hard_params(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
     """Number of prunable weights kept by the deterministic (eval) mask; jit-compatible.
 
     With ``basis='dense'`` a node never counts more than its dense size (what
-    surgery delivers by merging factors).
+    surgery delivers by merging factors). An integer count cannot be NaN:
+    where a gate holds NaN or inf the count means nothing, and
+    :func:`hard_sparsity` is NaN.
+
+    Args:
+      params: params of a gated model.
+      gate: the model's gate settings: its ``Plan``, its config (with a
+        ``plan`` field) or the plan's ``GateConfig``, whose ``eval_mask``
+        decides which gates are kept.
+      basis: ``'factors'`` or ``'dense'``.
+
+    Raises:
+      ValueError: for a ``gate`` that is none of these, an unknown basis, or params without gates.
     """
+    cfg = gate_of(gate, "hard_params")
     _check_basis(basis, "hard_params")
     _groups_or_raise(params, "hard_params")
     total = jnp.zeros((), jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
     for groups, dense in _gated_nodes(params):
-        kept = sum(g.cost_per_gate * jnp.count_nonzero(deterministic_mask(g.log_alpha, gate)) for g in groups)
+        kept = sum(g.cost_per_gate * jnp.count_nonzero(deterministic_mask(g.log_alpha, cfg)) for g in groups)
         total = total + (jnp.minimum(kept, dense) if basis == "dense" else kept)
     return total
 
 
-def expected_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, basis: str = "factors") -> jax.Array:
-    """``1 - expected_params / prunable_params(basis)``; differentiable in every ``log_alpha``."""
+def expected_sparsity(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
+    """``1 - expected_params / prunable_params(basis)``; differentiable in every ``log_alpha``.
+
+    ``gate`` as in :func:`expected_params`; NaN where a gate holds NaN or inf.
+    """
+    cfg = gate_of(gate, "expected_sparsity")
     _check_basis(basis, "expected_sparsity")
-    return 1.0 - expected_params(params, gate) / prunable_params(params, basis)
+    return 1.0 - expected_params(params, cfg) / prunable_params(params, basis)
 
 
-def hard_sparsity(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, basis: str = "factors") -> jax.Array:
-    """``1 - hard_params / prunable_params``: the sparsity surgery will deliver."""
-    return 1.0 - hard_params(params, gate, basis) / prunable_params(params, basis)
+def hard_sparsity(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
+    """``1 - hard_params / prunable_params``: the sparsity surgery will deliver.
+
+    ``gate`` as in :func:`hard_params`; NaN where a gate holds NaN or inf
+    (surgery refuses such gates).
+    """
+    cfg = gate_of(gate, "hard_sparsity")
+    sparsity = 1.0 - hard_params(params, cfg, basis) / prunable_params(params, basis)
+    return jnp.where(_all_finite(gate_groups(params)), sparsity, jnp.nan)
 
 
 def uniform_rank(params: Mapping[str, Any], sparsity: float, basis: str = "factors") -> tuple[int, float]:
@@ -188,14 +263,55 @@ def total_params(params: Any) -> int:
     return sum(int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(params))
 
 
-def report(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, plan: Plan | None = None) -> list[LayerRow]:
+def _report_plan(gate: GateSource, cfg: GateConfig, plan: Plan | None) -> Plan | None:
+    """The plan :func:`report` lists bias-only layers from: ``plan``, else the one ``gate`` holds."""
+    if plan is not None and not isinstance(plan, Plan):
+        raise ValueError(f"report: plan={plan!r} must be a flaxprune.Plan or None.")
+    held = plan_of(gate)
+    if plan is not None and held is not None and held != plan:
+        raise ValueError("report: gate= holds a plan and plan= another; pass the model's plan (or config) once.")
+    plan = held if plan is None else plan
+    if plan is not None and plan.gate != cfg:
+        raise ValueError(
+            f"report: plan.gate={plan.gate!r} disagrees with gate={cfg!r}; pass the plan (or the model's config) "
+            "alone, so the gate settings come from one place."
+        )
+    return plan
+
+
+def report(params: Mapping[str, Any], gate: GateSource, plan: Plan | None = None) -> list[LayerRow]:
     """Per-layer report: kind, shape, kept rank, params and FLOPs per token.
 
-    Works on gated params (ranks counted with the deterministic mask) and on
-    shrunk ones. Pass the shrunk model's ``plan`` to also list layers that
-    surgery reduced to a bias.
+    Works on gated params (ranks counted with the deterministic mask; the
+    params a row counts are those surgery keeps) and on shrunk ones. Every
+    param is counted: a last row of kind ``'other'`` (path
+    ``'(other params)'``) holds those outside any layer node (norms, plain
+    embeddings, ...), so on shrunk params the rows sum to
+    :func:`total_params`.
+
+    Args:
+      params: the model's params collection.
+      gate: the model's ``Plan`` or config (with a ``plan`` field), whose
+        plan also lists the layers surgery reduced to a bias; or a
+        ``GateConfig``, with the plan, if any, in ``plan``.
+      plan: the plan, where ``gate`` is a ``GateConfig``; it must hold that
+        same ``GateConfig``.
+
+    Returns:
+      The rows, in path order, then the bias-only rows and the ``'other'`` row.
+
+    Raises:
+      ValueError: for a ``gate`` or ``plan`` that is none of these, two that
+        disagree, a gate that holds NaN or inf, or a node that misuses a
+        name reserved for a layer.
     """
-    rows = [row for path, node, layout in layer_nodes(params) for row in layout.rows(path, node, gate)]
+    cfg = gate_of(gate, "report")
+    plan = _report_plan(gate, cfg, plan)
+    rows, counted = [], 0
+    for path, node, layout in layer_nodes(params):
+        check_finite_gates("report", path, layout.groups(node))
+        rows.extend(layout.rows(path, node, cfg))
+        counted += total_params(node)
     seen = {r.path for r in rows}
     for path, spec in (plan.layers if plan is not None else ()):
         empty = (isinstance(spec, FactorizedSpec) and spec.rank == 0) or (
@@ -205,16 +321,18 @@ def report(params: Mapping[str, Any], gate: GateConfig = DEFAULT_GATE, plan: Pla
             node = node_at(params, path) or {}
             n_out = int(np.shape(node["bias"])[0]) if "bias" in node else 0
             rows.append(LayerRow(path, "bias_only", (0, n_out), 0, 0, n_out, 0, False))
+            counted += n_out
+    rows.append(LayerRow(OTHER_PATH, "other", (0, 0), 0, 0, total_params(params) - counted, 0, False))
     return rows
 
 
 def format_report(rows: list[LayerRow]) -> str:
-    """Fixed-width text table of :func:`report` rows, with totals."""
+    """Fixed-width text table of :func:`report` rows, with totals (of every param, for a full report)."""
     header = f"{'layer':<40} {'kind':<12} {'in x out':>13} {'rank':>11} {'params':>11} {'FLOPs/tok':>11}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        shape = f"{r.shape[0]}x{r.shape[1]}"
-        rank = f"{r.rank}/{r.full_rank}"
+        shape = "" if r.kind == "other" else f"{r.shape[0]}x{r.shape[1]}"
+        rank = "" if r.kind == "other" else f"{r.rank}/{r.full_rank}"
         lines.append(
             f"{r.path or '<root>':<40} {r.kind:<12} {shape:>13} {rank:>11} {r.params:>11,} {r.flops_per_token:>11,}"
         )

@@ -24,16 +24,16 @@ import threadpoolctl
 
 from flaxprune.gates import is_gate_param
 from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec, Layout
-from flaxprune.layers.layout import to_numpy
+from flaxprune.layers.layout import check_finite_gates, to_numpy
 from flaxprune.param_tree import layout_of, map_layer_nodes, node_at
 from flaxprune.plan import Plan
 
-__all__ = ["factorize", "factorize_params", "shrink"]
+__all__ = ["factorize", "factorize_params", "plan_of", "shrink"]
 
 Config = TypeVar("Config")
 
 
-def factorize(kernel: jax.Array, bias: jax.Array | None = None, rank: int | None = None) -> dict[str, jax.Array]:
+def factorize(kernel: jax.Array, *, rank: int | None = None, bias: jax.Array | None = None) -> dict[str, jax.Array]:
     """Factorizes a dense kernel ``[in, out]`` into ``P: [in, rank]``, ``Q: [rank, out]`` by SVD.
 
     ``P = U[:, :rank] sqrt(S[:rank])`` and ``Q = sqrt(S[:rank]) V^T[:rank]``,
@@ -43,8 +43,9 @@ def factorize(kernel: jax.Array, bias: jax.Array | None = None, rank: int | None
 
     Args:
       kernel: ``[in, out]`` dense kernel (Flax layout).
+      rank: components to keep; default ``min(in, out)``. Keyword-only, like
+        ``bias``: ``factorize(kernel, 100)`` would not say which it meant.
       bias: optional ``[out]`` bias, passed through.
-      rank: components to keep; default ``min(in, out)``.
 
     Returns:
       ``{'P', 'Q'}`` (plus ``'bias'``), in the kernel's dtype.
@@ -145,11 +146,24 @@ def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, 
     return result
 
 
-def _plan_of(config: Any) -> Plan:
+def plan_of(config: Any) -> Plan | None:
+    """The plan of a :class:`Plan` (itself) or of a model config, else None.
+
+    A model config is a dataclass instance with a ``plan: Plan`` field. The
+    one rule for "the config that built the params", shared by
+    :func:`shrink` and the size counts (:mod:`flaxprune.size`).
+    """
     if isinstance(config, Plan):
         return config
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
     plan = getattr(config, "plan", None)
-    if not isinstance(plan, Plan) or not dataclasses.is_dataclass(config):
+    return plan if isinstance(plan, Plan) else None
+
+
+def _plan_or_raise(config: Any) -> Plan:
+    plan = plan_of(config)
+    if plan is None:
         raise ValueError(
             f"shrink: config must be a flaxprune.Plan or a frozen dataclass with a 'plan: Plan' field "
             f"(the model's config), got {type(config).__name__}."
@@ -166,7 +180,7 @@ def _has_no_weights(spec: Any) -> bool:
 def _check_plan(params: Mapping[str, Any], plan: Plan) -> None:
     for path, spec in plan.layers:
         node = node_at(params, path)
-        layout = layout_of(node)
+        layout = layout_of(node, path)
         if layout is None:
             if _has_no_weights(spec):
                 continue
@@ -200,10 +214,11 @@ def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], C
       model gives the gated model's outputs.
 
     Raises:
-      ValueError: if the config carries no plan, or the params do not match
-        the plan (naming the first layer that disagrees).
+      ValueError: if the config carries no plan, the params do not match
+        the plan (naming the first layer that disagrees), a node misuses a
+        name reserved for a layer, or a gate holds NaN or inf (naming it).
     """
-    plan = _plan_of(config)
+    plan = _plan_or_raise(config)
     if not isinstance(params, Mapping):
         raise ValueError(f"shrink: params must be a Flax params mapping, got {type(params).__name__}.")
     if set(params) == {"params"} and isinstance(params["params"], Mapping):
@@ -214,8 +229,10 @@ def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], C
     specs = {}
 
     def cut(path: str, node: Mapping[str, Any], layout: Layout) -> Mapping[str, Any] | None:
-        if not layout.groups(node):
+        groups = layout.groups(node)
+        if not groups:
             return node  # an ungated layer stays as it is
+        check_finite_gates("shrink", path, groups)
         node_out, specs[path] = layout.shrink(path, node, plan.gate)
         return node_out
 

@@ -103,7 +103,7 @@ class TargetScheduleTest(parameterized.TestCase):
         np.testing.assert_allclose(jax.jit(sched)(jnp.int32(step)), expected, atol=1e-7)
 
     def test_bad_start(self):
-        with pytest.raises(ValueError, match=r"start=1.5 must be a number < 1"):
+        with pytest.raises(ValueError, match=r"start=1.5 must be a finite number < 1"):
             lg.target_schedule(0.5, 10, start=1.5)
 
     def test_traced_steps_vectorised(self):
@@ -329,3 +329,50 @@ def test_ascent_drives_toy_gates_to_target_sparsity():
     assert abs(float(s_final) - target) < 0.03
     # At the saddle the task's pull and lambda_1 balance: lambda_1 = -pull.
     np.testing.assert_allclose(trainable["lagrangian"]["lambda_1"], -pull, atol=0.02)
+
+
+# --- Bad input is refused (issue 11) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "gate_learning_rate", "lambda_learning_rate"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_flop_optimizer_refuses_non_finite_rates(name, value):
+    kwargs = dict(learning_rate=LR, gate_learning_rate=GATE_LR, lambda_learning_rate=LAMBDA_LR) | {name: value}
+    with pytest.raises(ValueError, match=rf"flop_optimizer: {name}={value!r} must be a finite number > 0"):
+        lg.flop_optimizer(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: lg.noam_schedule(math.inf, 10), "noam_schedule: learning_rate=inf must be a finite number > 0"),
+        (
+            lambda: lg.target_schedule(0.5, 10, start=-math.inf),
+            "target_schedule: start=-inf must be a finite number < 1",
+        ),
+    ],
+)
+def test_schedules_refuse_non_finite_numbers(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_gradient_ascent_wraps_an_optimizer_not_a_rate():
+    with pytest.raises(ValueError, match=r"gradient_ascent: inner=0.01 must be an optax.GradientTransformation"):
+        lg.gradient_ascent(1e-2)
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"params": _trainable()["params"]},  # the multipliers forgotten
+        _trainable()["params"],  # the bare params
+        {"params": _trainable()["params"], "lagrangian": {"lambda_1": jnp.zeros(())}},
+    ],
+)
+def test_flop_optimizer_init_needs_the_multipliers(tree):
+    tx = lg.flop_optimizer(LR, GATE_LR, LAMBDA_LR)
+    with pytest.raises(ValueError, match=r"\{'params': \.\.\., 'lagrangian': fp.init_multipliers\(\)\}"):
+        tx.init(tree)
+    tx.init(_trainable())
+    jax.eval_shape(tx.init, _trainable())  # shapes alone, as a checkpoint restore builds them

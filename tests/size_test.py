@@ -1,5 +1,6 @@
 """Size accounting against hand-computed counts."""
 
+import dataclasses
 import math
 
 import chex
@@ -12,6 +13,7 @@ import pytest
 import flaxprune as fp
 
 P11 = 11 / 12  # P(z != 0) at log_alpha = 0
+PLAN = fp.Plan()  # Net's plan: the gate settings every count takes from the model
 
 
 class Net(nn.Module):
@@ -36,8 +38,8 @@ def _params(log_alphas=None):
 def test_prunable_and_expected_at_zero_log_alpha():
     params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
     assert fp.prunable_params(params) == 5 * 4 + 2 * 7
-    np.testing.assert_allclose(fp.expected_params(params), 34 * P11, rtol=1e-6)
-    np.testing.assert_allclose(fp.expected_sparsity(params), 1 - P11, rtol=1e-5)
+    np.testing.assert_allclose(fp.expected_params(params, PLAN), 34 * P11, rtol=1e-6)
+    np.testing.assert_allclose(fp.expected_sparsity(params, PLAN), 1 - P11, rtol=1e-5)
     groups = dict((p, g.cost_per_gate) for p, g in fp.gate_groups(params))
     assert groups == {"inp": 4, "fac": 7}
 
@@ -45,14 +47,14 @@ def test_prunable_and_expected_at_zero_log_alpha():
 def test_hard_counts_follow_deterministic_mask():
     params = _params({"inp": [9.0, -9.0, 9.0, -9.0, -9.0], "fac": [9.0, -9.0]})
     # inp keeps 2 inputs (2 x 4), fac keeps 1 component (1 x 7).
-    assert int(fp.hard_params(params)) == 8 + 7
-    np.testing.assert_allclose(fp.hard_sparsity(params), 1 - 15 / 34, rtol=1e-6)
-    assert float(jax.jit(fp.hard_sparsity)(params)) == pytest.approx(1 - 15 / 34)
+    assert int(fp.hard_params(params, PLAN)) == 8 + 7
+    np.testing.assert_allclose(fp.hard_sparsity(params, PLAN), 1 - 15 / 34, rtol=1e-6)
+    assert float(jax.jit(lambda p: fp.hard_sparsity(p, PLAN))(params)) == pytest.approx(1 - 15 / 34)
 
 
 def test_expected_sparsity_gradient_closed_form():
     params = _params({"inp": np.linspace(-1, 1, 5), "fac": [0.3, -0.7]})
-    grads = jax.grad(fp.expected_sparsity)(params)
+    grads = jax.grad(lambda p: fp.expected_sparsity(p, PLAN))(params)
     for name, cost in (("inp", 4), ("fac", 7)):
         p = np.asarray(fp.prob_nonzero(params[name]["log_alpha"]))
         np.testing.assert_allclose(grads[name]["log_alpha"], -cost * p * (1 - p) / 34, rtol=1e-5)
@@ -70,20 +72,20 @@ def test_no_gates_is_a_clear_error():
     params = {"head": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
     assert fp.prunable_params(params) == 0
     with pytest.raises(ValueError, match="no gated layer"):
-        fp.expected_sparsity(params)
+        fp.expected_sparsity(params, PLAN)
 
 
 def test_report_rows():
     params = _params({"inp": [9.0, -9.0, 9.0, -9.0, -9.0], "fac": [9.0, -9.0]})
-    rows = {r.path: r for r in fp.report(params)}
-    assert set(rows) == {"inp", "fac", "plain", "head"}
+    rows = {r.path: r for r in fp.report(params, PLAN)}
+    assert set(rows) == {"inp", "fac", "plain", "head", "(other params)"}
     assert (rows["inp"].kind, rows["inp"].rank, rows["inp"].params, rows["inp"].flops_per_token) == (
         "input_gated", 2, 2 * 4 + 4, 2 * 2 * 4
     )
     assert (rows["fac"].shape, rows["fac"].rank, rows["fac"].full_rank, rows["fac"].params) == ((4, 3), 1, 2, 7 + 3)
     assert rows["plain"].rank == math.floor(3 * 3 / 6) and not rows["plain"].gated
     assert rows["head"].kind == "dense" and rows["head"].params == 3 * 2 + 2
-    text = fp.format_report(fp.report(params))
+    text = fp.format_report(fp.report(params, PLAN))
     assert "input_gated" in text and "total" in text
 
 
@@ -91,8 +93,8 @@ def test_dense_basis_counts_the_layers_the_factors_stand_for():
     # inp: 5 x 4 dense; fac: a 4 x 3 matrix at rank 2, 14 weights in P and Q but 12 as a dense kernel.
     params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
     assert fp.prunable_params(params, "dense") == 20 + 12
-    np.testing.assert_allclose(fp.expected_sparsity(params, basis="dense"), 1 - 34 * P11 / 32, atol=1e-6)
-    grads = jax.grad(lambda p: fp.expected_sparsity(p, basis="dense"))(params)
+    np.testing.assert_allclose(fp.expected_sparsity(params, PLAN, basis="dense"), 1 - 34 * P11 / 32, atol=1e-6)
+    grads = jax.grad(lambda p: fp.expected_sparsity(p, PLAN, basis="dense"))(params)
     np.testing.assert_allclose(grads["fac"]["log_alpha"], -7 * P11 * (1 - P11) / 32 * np.ones(2), rtol=1e-5)
 
 
@@ -102,13 +104,13 @@ def test_dense_basis_counts_the_layers_the_factors_stand_for():
 )
 def test_dense_basis_hard_count_is_what_shrink_delivers(fac, kept_fac):
     params = _params({"inp": [9.0, -9.0, 9.0, -9.0, -9.0], "fac": fac})
-    assert int(fp.hard_params(params, basis="dense")) == 8 + kept_fac
-    np.testing.assert_allclose(fp.hard_sparsity(params, basis="dense"), 1 - (8 + kept_fac) / 32, rtol=1e-6)
+    assert int(fp.hard_params(params, PLAN, basis="dense")) == 8 + kept_fac
+    np.testing.assert_allclose(fp.hard_sparsity(params, PLAN, basis="dense"), 1 - (8 + kept_fac) / 32, rtol=1e-6)
     small, _ = fp.shrink(params, fp.Plan())
     fac_weights = sum(np.size(v) for k, v in small.get("fac", {}).items() if k != "bias")
     inp_weights = np.size(small["inp"]["kernel"])
     assert fac_weights + inp_weights == 8 + kept_fac
-    assert float(jax.jit(lambda p: fp.hard_sparsity(p, basis="dense"))(params)) == pytest.approx(
+    assert float(jax.jit(lambda p: fp.hard_sparsity(p, PLAN, basis="dense"))(params)) == pytest.approx(
         1 - (8 + kept_fac) / 32
     )
 
@@ -116,7 +118,7 @@ def test_dense_basis_hard_count_is_what_shrink_delivers(fac, kept_fac):
 def test_unknown_basis_is_named():
     params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
     with pytest.raises(ValueError, match=r"basis='total' is not a sparsity basis; accepted: \['factors', 'dense'\]"):
-        fp.hard_sparsity(params, basis="total")
+        fp.hard_sparsity(params, PLAN, basis="total")
 
 
 def test_open_sparsity_needs_only_shapes():
@@ -148,3 +150,100 @@ def test_uniform_rank_rejects_bad_input(kwargs, match):
         fp.uniform_rank(_params(), **kwargs)
     with pytest.raises(ValueError, match="no gated layer"):
         fp.uniform_rank({"head": {"kernel": jnp.ones((2, 2))}}, 0.5)
+
+
+# --- One source of truth for the gate settings (issue 11) ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+    plan: fp.Plan = fp.Plan()
+
+
+CLIP = fp.Plan(gate=fp.GateConfig(eval_mask="clip"))
+
+
+def _kept_by_shrink(params, plan):
+    small, _ = fp.shrink(params, plan)
+    return sum(np.size(v) for name in ("inp", "fac") for k, v in small.get(name, {}).items() if k != "bias")
+
+
+def test_sparsity_needs_the_gate_settings_and_takes_them_from_the_plan():
+    # At log_alpha -2 'clip' keeps every gate (at 0.04); 'flop' shuts round(5 - 5 * 0.60) = 2 of them.
+    params = _params({"inp": [-2.0] * 5, "fac": [0.0, -3.0]})
+    kept = _kept_by_shrink(params, CLIP)
+    assert kept == 5 * 4 + 7 and int(fp.hard_params(params, fp.GateConfig())) == 3 * 4 + 7
+    for source in (CLIP, NetConfig(CLIP), CLIP.gate):
+        assert int(fp.hard_params(params, source)) == kept
+        np.testing.assert_allclose(fp.hard_sparsity(params, source), 1 - kept / 34, rtol=1e-6)
+        np.testing.assert_allclose(fp.expected_params(params, source), fp.expected_params(params, CLIP.gate))
+    assert float(jax.jit(fp.hard_sparsity, static_argnums=1)(params, CLIP)) == pytest.approx(1 - kept / 34)
+    for fn in (fp.expected_params, fp.expected_sparsity, fp.hard_params, fp.hard_sparsity, fp.report):
+        with pytest.raises(TypeError, match="gate"):
+            fn(params)  # no silent default: the model's plan decides the eval mask
+
+
+@pytest.mark.parametrize("bad", [None, "dense", {"plan": fp.Plan()}, NetConfig, 0.5])
+def test_a_gate_source_that_is_not_one_is_named(bad):
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    for fn in (fp.expected_params, fp.expected_sparsity, fp.hard_params, fp.hard_sparsity, fp.report):
+        with pytest.raises(ValueError, match=rf"{fn.__name__}: gate=.* must be a flaxprune.GateConfig, a Plan"):
+            fn(params, bad)
+
+
+def test_report_takes_the_plan_from_its_gate_source():
+    params = _params({"inp": [-2.0] * 5, "fac": [-9.0, -9.0]})
+    small, cfg = fp.shrink(params, NetConfig(CLIP))
+    assert "fac" not in small or set(small["fac"]) == {"bias"}
+    for rows in (fp.report(small, cfg), fp.report(small, cfg.plan), fp.report(small, cfg.plan.gate, cfg.plan)):
+        assert {r.path: r.kind for r in rows}["fac"] == "bias_only"
+    gated = {r.path: r.rank for r in fp.report(params, CLIP)}
+    assert gated["inp"] == 5  # 'clip' keeps every log_alpha -2; 'flop' would shut two
+    with pytest.raises(ValueError, match="report: plan.gate=.* disagrees with gate="):
+        fp.report(small, fp.GateConfig(), cfg.plan)
+    with pytest.raises(ValueError, match="report: plan=.* must be a flaxprune.Plan or None"):
+        fp.report(small, CLIP, plan="fac")
+
+
+# --- Every param counted (issue 11) ----------------------------------------------------------
+
+
+class NormNet(nn.Module):
+    plan: fp.Plan = fp.Plan()
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        x = Net(self.plan, name="net")(x, deterministic)
+        x = nn.LayerNorm(name="norm")(x)
+        return x * self.param("scale", nn.initializers.ones, (2,)) + nn.Embed(3, 2, name="emb").embedding[0]
+
+
+def test_report_total_is_total_params():
+    model = NormNet()
+    params = model.init(jax.random.key(0), jnp.ones((1, 5)))["params"]
+    params["net"]["inp"]["log_alpha"] = jnp.asarray([9.0, -9.0, 9.0, -9.0, -9.0])
+    params["net"]["fac"]["log_alpha"] = jnp.asarray([-9.0, -9.0])
+    small, plan = fp.shrink(params, model.plan)
+    rows = fp.report(small, plan)
+    other = [r for r in rows if r.kind == "other"]
+    assert [r.path for r in other] == ["(other params)"]
+    assert other[0].params == 2 * 2 + 2 + 3 * 2  # LayerNorm scale and bias, the root's scale, the embedding
+    assert sum(r.params for r in rows) == fp.total_params(small)
+    total = int(fp.format_report(rows).splitlines()[-1].split()[1].replace(",", ""))
+    assert total == fp.total_params(small)
+    # On the gated params the table counts what shrink keeps.
+    assert sum(r.params for r in fp.report(params, plan)) == fp.total_params(small)
+
+
+# --- Non-finite gates (issue 11) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_log_alpha_gives_nan_sparsity(bad):
+    params = _params({"inp": [9.0, bad, 9.0, -9.0, -9.0], "fac": [9.0, -9.0]})
+    gate = fp.GateConfig()
+    for basis in ("factors", "dense"):
+        assert np.isnan(fp.hard_sparsity(params, gate, basis))
+        assert np.isnan(jax.jit(lambda p: fp.hard_sparsity(p, gate, basis))(params))
+        assert np.isnan(jax.jit(lambda p: fp.expected_sparsity(p, gate, basis))(params))
+    assert np.isnan(fp.expected_params(params, gate))

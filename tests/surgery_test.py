@@ -148,12 +148,12 @@ def test_shrink_equivalence_factorized_and_input_gated(use_bias):
 
 
 def test_shrink_merges_to_dense_when_factors_are_not_smaller():
-    cfg = MLPConfig(rank=8)  # fc1: 12x8 at full rank 8 -> 8*20 = 160 > 96 = dense
+    cfg = MLPConfig(rank=5)  # fc1: 12x8 keeping all 5 components -> 5*20 = 100 > 96 = dense (fc2: 6x5, full rank)
     params = _gated_params(FactorizedMLP(cfg), key=1)
-    params["fc1"]["log_alpha"] = jnp.array([3.0] * 7 + [-6.0])
+    params["fc1"]["log_alpha"] = jnp.full((5,), 3.0)
     new_params, new_cfg = _assert_equivalent(cfg, params)
     assert set(new_params["fc1"]) == {"kernel", "bias"}
-    assert new_cfg.plan.spec("fc1") == fp.FactorizedSpec(rank=7, merged=True)
+    assert new_cfg.plan.spec("fc1") == fp.FactorizedSpec(rank=5, merged=True)
 
 
 def test_shrink_to_bias_only():
@@ -163,7 +163,7 @@ def test_shrink_to_bias_only():
     params["mid"]["log_alpha"] = jnp.full_like(params["mid"]["log_alpha"], -9.0)
     new_params, new_cfg = _assert_equivalent(cfg, params)
     assert set(new_params["fc2"]) == {"bias"} and set(new_params["mid"]) == {"bias"}
-    rows = {r.path: r for r in fp.report(new_params, plan=new_cfg.plan)}
+    rows = {r.path: r for r in fp.report(new_params, new_cfg)}
     assert rows["fc2"].kind == "bias_only"
     no_bias = MLPConfig(use_bias=False)
     params = _gated_params(FactorizedMLP(no_bias), key=2)
@@ -224,3 +224,19 @@ def test_shrink_equivalence_tied_adaptive_lm():
     assert fp.total_params(new_params) < fp.total_params(params)
     again, _ = fp.shrink(new_params, new_cfg)  # the reduced pair still validates
     chex.assert_trees_all_equal(again, new_params)
+
+
+def test_factorize_rank_and_bias_are_keyword_only():
+    kernel = jnp.ones((8, 6))
+    with pytest.raises(TypeError, match="positional"):
+        fp.factorize(kernel, 3)  # once bound to bias
+    assert fp.factorize(kernel, rank=3)["P"].shape == (8, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_shrink_refuses_non_finite_gates_naming_the_path(bad):
+    cfg = MLPConfig()
+    params = _gated_params(FactorizedMLP(cfg), key=5)
+    params["mid"]["log_alpha"] = params["mid"]["log_alpha"].at[1].set(bad)
+    with pytest.raises(ValueError, match=r"shrink: 'mid/log_alpha' holds non-finite values \(1 of 8\)"):
+        fp.shrink(params, cfg)

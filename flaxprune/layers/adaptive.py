@@ -146,6 +146,12 @@ def _spec(module: nn.Module, clusters) -> AdaptiveSpec:
             f"{_where(module)}: the plan's AdaptiveSpec has {len(found.dims)} dims but cutoffs={module.cutoffs!r} "
             f"make {len(clusters)} clusters."
         )
+    for i, (d, (_, _, d_i)) in enumerate(zip(found.dims, clusters)):
+        if d > d_i:
+            raise ValueError(
+                f"{_where(module)}: the plan's AdaptiveSpec keeps {d} dims of cluster {i}, which has {d_i} "
+                f"(d_embed // div_val**{i}); pass the plan that shrink returned with these params."
+            )
     return found
 
 

@@ -5,11 +5,16 @@ an untied :class:`~flaxprune.layers.adaptive.AdaptiveSoftmax`) holds
 ``embedding_{i}: [n_i, d_i]``, ``projection_{i}: [d_i, d_proj]`` and
 ``log_alpha_{i}: [d_i]``; each gate costs ``n_i + d_proj`` weights. Surgery
 keeps the dims whose evaluation mask is non-zero and folds the mask into the
-columns of ``embedding_{i}``.
+columns of ``embedding_{i}``. An untied softmax also holds ``bias_{i}: [n_i]``
+and the cluster logits ``cluster_kernel: [d_proj, clusters - 1]``,
+``cluster_bias: [clusters - 1]``, which the report counts in the row of
+cluster 0 (the head softmax computes them). A tied softmax holds only the
+biases and the cluster logits: no layer of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -18,13 +23,33 @@ import numpy as np
 
 from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask
 from flaxprune.layers.adaptive import AdaptiveSpec
-from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
+from flaxprune.layers.layout import (
+    GateGroup,
+    Layout,
+    LayerRow,
+    Node,
+    holds,
+    mismatch,
+    not_2d,
+    shape_of,
+    size,
+    to_numpy,
+    wrong_shape,
+)
 
 __all__ = ["ADAPTIVE_LAYOUT"]
 
 # --- layout: size accounting and surgery on the params node -----------------
 
 _CLUSTER_KEY = re.compile(r"(embedding|projection|log_alpha|bias)_(\d+)")
+_CLAIM_KEY = re.compile(r"(embedding|projection|log_alpha)_\d+")  # bias_i alone is a tied softmax's
+_LOGITS_KEYS = ("cluster_kernel", "cluster_bias")
+RESERVED = (
+    "flaxprune reserves 'embedding_i', 'projection_i' and 'log_alpha_i' (i = 0, 1, ...) for AdaptiveEmbedding "
+    "and AdaptiveSoftmax, whose node holds per cluster i embedding_i: [n_i, d_i] with projection_i: [d_i, d_proj] "
+    "(optionally log_alpha_i: [d_i]) or neither, bias_i: [n_i] in a softmax, and nothing else but "
+    "cluster_kernel: [d_proj, clusters - 1] and cluster_bias: [clusters - 1]."
+)
 
 
 def _n_clusters(node: Node) -> int:
@@ -44,7 +69,42 @@ def _d_proj(node: Node) -> int:
 
 def _match(node: Node) -> bool:
     # Any cluster's weights, not just cluster 0's: surgery may cut cluster 0 to 0 dims.
-    return any(f"embedding_{i}" in node and f"projection_{i}" in node for i in range(_n_clusters(node)))
+    return any(isinstance(k, str) and _CLAIM_KEY.fullmatch(k) and holds(node, k) for k in node)
+
+
+def _malformed(node: Node) -> str | None:
+    known = [k for k in node if holds(node, k) and (k in _LOGITS_KEYS or _CLUSTER_KEY.fullmatch(str(k)))]
+    extra = sorted(str(k) for k in node if k not in known)
+    if extra:
+        return f"unknown keys {extra}"
+    if "cluster_kernel" in node:
+        problem = not_2d(node, "cluster_kernel") or wrong_shape(
+            node, "cluster_bias", (shape_of(node["cluster_kernel"])[1],)
+        )
+        if problem:
+            return problem
+    d_proj = None
+    for i in range(_n_clusters(node)):
+        emb, proj, la = (f"{k}_{i}" for k in ("embedding", "projection", GATE_PARAM))
+        if (emb in node) != (proj in node):
+            have, lack = (emb, proj) if emb in node else (proj, emb)
+            return f"'{have}' without '{lack}'"
+        if emb not in node:
+            if la in node:
+                return f"'{la}' without '{emb}' and '{proj}'"
+            continue
+        e, p = shape_of(node[emb]), shape_of(node[proj])
+        if len(e) != 2 or len(p) != 2 or e[1] != p[0]:
+            return f"{emb} {e} and {proj} {p} are not [n_i, d_i] and [d_i, d_proj]"
+        if d_proj is not None and p[1] != d_proj:
+            return f"{proj} {p} projects to {p[1]} dims, an earlier cluster to {d_proj}"
+        d_proj = p[1]
+        problem = wrong_shape(node, la, (e[1],)) or wrong_shape(node, f"bias_{i}", (e[0],))
+        if problem:
+            return problem
+    if d_proj is not None and "cluster_kernel" in node and shape_of(node["cluster_kernel"])[0] != d_proj:
+        return f"cluster_kernel has shape {shape_of(node['cluster_kernel'])}, but the projections give d_proj {d_proj}"
+    return None
 
 
 def _groups(node: Node) -> list[GateGroup]:
@@ -83,6 +143,14 @@ def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
                 flops_per_token=2 * kept * per_dim,
                 gated=la is not None,
             )
+        )
+    if rows and "cluster_kernel" in node:  # the head softmax also computes the cluster logits
+        logits = size(node["cluster_kernel"]) + size(node.get("cluster_bias", ()))
+        head = rows[0]
+        rows[0] = dataclasses.replace(
+            head,
+            params=head.params + logits,
+            flops_per_token=head.flops_per_token + 2 * size(node["cluster_kernel"]),
         )
     return rows
 
@@ -132,4 +200,13 @@ def _check(path: str, node: Node, spec: Any) -> None:
             raise mismatch(path, f"log_alpha_{i}'s shape", la.shape, (d,))
 
 
-ADAPTIVE_LAYOUT = Layout("adaptive", _match, _groups, _rows, _shrink, _check)
+ADAPTIVE_LAYOUT = Layout(
+    kind="adaptive",
+    reserved=RESERVED,
+    match=_match,
+    malformed=_malformed,
+    groups=_groups,
+    rows=_rows,
+    shrink=_shrink,
+    check=_check,
+)

@@ -19,13 +19,24 @@ import numpy as np
 from flaxprune.gates import GATE_PARAM, GateConfig
 from flaxprune.layers.factorized import FactorizedSpec
 from flaxprune.layers.input_gated import InputGatedSpec
-from flaxprune.layers.layout import Layout, LayerRow, Node, mismatch, size
+from flaxprune.layers.layout import Layout, LayerRow, Node, holds, mismatch, shape_of, size, unknown_keys, wrong_shape
 
 __all__ = ["DENSE_LAYOUT"]
 
 
+RESERVED = (
+    "flaxprune reserves a 2-D 'kernel' for a dense layer (nn.Dense, or what shrink leaves of a factorized or "
+    "input-gated one), whose node holds exactly kernel: [in, out] and optionally bias: [out]."
+)
+
+
 def _dense_match(node: Node) -> bool:
-    return "kernel" in node and GATE_PARAM not in node and np.ndim(node["kernel"]) == 2
+    # A kernel of another rank (nn.Conv's, DenseGeneral's) is no layer flaxprune knows, and no claim.
+    return holds(node, "kernel") and not holds(node, GATE_PARAM) and np.ndim(node["kernel"]) == 2
+
+
+def _dense_malformed(node: Node) -> str | None:
+    return unknown_keys(node, ("kernel", "bias")) or wrong_shape(node, "bias", (shape_of(node["kernel"])[1],))
 
 
 def _dense_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
@@ -62,4 +73,13 @@ def _dense_check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "the layer kind", "dense (kernel)", type(spec).__name__)
 
 
-DENSE_LAYOUT = Layout("dense", _dense_match, lambda node: [], _dense_rows, _dense_shrink, _dense_check)
+DENSE_LAYOUT = Layout(
+    kind="dense",
+    reserved=RESERVED,
+    match=_dense_match,
+    malformed=_dense_malformed,
+    groups=lambda node: [],
+    rows=_dense_rows,
+    shrink=_dense_shrink,
+    check=_dense_check,
+)

@@ -19,17 +19,51 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask, gate_values, log_alpha_init
-from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
+from flaxprune.layers.layout import (
+    GateGroup,
+    Layout,
+    LayerRow,
+    Node,
+    holds,
+    mismatch,
+    not_2d,
+    shape_of,
+    size,
+    to_numpy,
+    unknown_keys,
+    wrong_shape,
+)
 from flaxprune.plan import Plan
 
-__all__ = ["FACTORIZED_LAYOUT", "FactorizedDense", "FactorizedSpec", "default_rank"]
+__all__ = ["FACTORIZED_LAYOUT", "FactorizedDense", "FactorizedSpec", "check_features", "default_rank", "is_size"]
 
 default_kernel_init = nn.initializers.lecun_normal()
 
 
+def is_size(x: Any) -> bool:
+    """Whether ``x`` is an int >= 1 (a feature count or a rank; bools are not sizes)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1
+
+
 def default_rank(in_features: int, out_features: int) -> int:
-    """Rank with the same parameter count as the dense matrix: ``in*out // (in+out)``."""
+    """Rank with the same parameter count as the dense matrix: ``in*out // (in+out)``, at least 1.
+
+    Always within ``[1, min(in, out)]``.
+
+    Raises:
+      ValueError: if a size is not an int >= 1.
+    """
+    if not (is_size(in_features) and is_size(out_features)):
+        raise ValueError(
+            f"default_rank: (in_features, out_features)=({in_features!r}, {out_features!r}) must be ints >= 1."
+        )
     return max(1, in_features * out_features // (in_features + out_features))
+
+
+def check_features(where: str, features: Any) -> None:
+    """Raises unless a layer's ``features`` (its output size) is an int >= 1."""
+    if not is_size(features):
+        raise ValueError(f"{where}: features={features!r} must be an int >= 1 (the layer's output size).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +123,34 @@ class FactorizedDense(nn.Module):
     bias_init: Any = nn.initializers.zeros_init()
 
     def spec(self, in_features: int) -> FactorizedSpec:
-        """The structure this module builds: the plan's spec or the defaults."""
+        """The structure this module builds: the plan's spec or the defaults.
+
+        Raises:
+          ValueError: if ``features`` is not an int >= 1, or the rank (given,
+            or the plan's) is not in ``[1, min(in, out)]`` (0 from a plan: bias-only).
+        """
+        where = f"FactorizedDense at '{'/'.join(self.path)}'"
+        check_features(where, self.features)
+        full = min(in_features, self.features)  # more components than this only add weights
         found = self.plan.spec(self.path)
         if found is not None:
             if not isinstance(found, FactorizedSpec):
+                raise ValueError(f"{where}: the plan holds {found!r}, expected a FactorizedSpec.")
+            if found.rank > full:
                 raise ValueError(
-                    f"FactorizedDense at '{'/'.join(self.path)}': the plan holds {found!r}, expected a FactorizedSpec."
+                    f"{where}: the plan's {found!r} has more components than min(in, out) = {full} "
+                    f"(in={in_features}, out={self.features}); pass the plan that shrink returned with these params."
                 )
             return found
-        rank = default_rank(in_features, self.features) if self.rank is None else self.rank
-        if not 1 <= rank:
-            raise ValueError(f"FactorizedDense at '{'/'.join(self.path)}': rank={rank} must be >= 1.")
-        return FactorizedSpec(rank=rank, gated=self.gated)
+        if self.rank is None:
+            return FactorizedSpec(rank=default_rank(in_features, self.features), gated=self.gated)
+        if not (is_size(self.rank) and self.rank <= full):
+            raise ValueError(
+                f"{where}: rank={self.rank!r} must be an int in [1, min(in, out)] = [1, {full}] "
+                f"(in={in_features}, out={self.features}); rank=None gives in*out // (in+out) = "
+                f"{default_rank(in_features, self.features)}, as many weights as the dense matrix."
+            )
+        return FactorizedSpec(rank=int(self.rank), gated=self.gated)
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -146,8 +196,28 @@ def _gates(module: nn.Module, log_alpha: jax.Array, deterministic: bool, h: jax.
 # --- layout: size accounting and surgery on the params node -----------------
 
 
+_KEYS = ("P", "Q", "bias", GATE_PARAM)
+RESERVED = (
+    "flaxprune reserves 'P' and 'Q' for FactorizedDense, whose node holds exactly P: [in, rank] and "
+    "Q: [rank, out], and optionally bias: [out] and log_alpha: [rank]."
+)
+
+
 def _match(node: Node) -> bool:
-    return "P" in node and "Q" in node
+    return holds(node, "P") or holds(node, "Q")
+
+
+def _malformed(node: Node) -> str | None:
+    if not (holds(node, "P") and holds(node, "Q")):
+        have, lack = ("P", "Q") if holds(node, "P") else ("Q", "P")
+        return f"'{have}' without '{lack}'"
+    problem = not_2d(node, "P") or not_2d(node, "Q")
+    if problem:
+        return problem
+    p, q = shape_of(node["P"]), shape_of(node["Q"])
+    if p[1] != q[0]:
+        return f"the ranks of P {p} and Q {q} disagree"
+    return unknown_keys(node, _KEYS) or wrong_shape(node, GATE_PARAM, (p[1],)) or wrong_shape(node, "bias", (q[1],))
 
 
 def _groups(node: Node) -> list[GateGroup]:
@@ -215,4 +285,14 @@ def _dense_params(node: Node) -> int:
     return int(node["P"].shape[0] * node["Q"].shape[1])
 
 
-FACTORIZED_LAYOUT = Layout("factorized", _match, _groups, _rows, _shrink, _check, _dense_params)
+FACTORIZED_LAYOUT = Layout(
+    kind="factorized",
+    reserved=RESERVED,
+    match=_match,
+    malformed=_malformed,
+    groups=_groups,
+    rows=_rows,
+    shrink=_shrink,
+    check=_check,
+    dense_params=_dense_params,
+)

@@ -18,7 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxprune.gates import GATE_PARAM, GateConfig, deterministic_mask, gate_values, log_alpha_init
-from flaxprune.layers.layout import GateGroup, Layout, LayerRow, Node, mismatch, size, to_numpy
+from flaxprune.layers.factorized import check_features
+from flaxprune.layers.layout import (
+    GateGroup,
+    Layout,
+    LayerRow,
+    Node,
+    holds,
+    mismatch,
+    not_2d,
+    shape_of,
+    size,
+    to_numpy,
+    unknown_keys,
+    wrong_shape,
+)
 from flaxprune.plan import Plan
 
 __all__ = ["INPUT_GATED_LAYOUT", "InputGatedDense", "InputGatedSpec"]
@@ -75,6 +89,7 @@ class InputGatedDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        check_features(f"InputGatedDense at '{'/'.join(self.path)}'", self.features)
         spec = self.plan.spec(self.path)
         if spec is None:
             spec = InputGatedSpec(keep=None, gated=self.gated)
@@ -115,8 +130,22 @@ class InputGatedDense(nn.Module):
 # --- layouts -------------------------------------------------------------------
 
 
+RESERVED = (
+    "flaxprune reserves 'kernel' beside 'log_alpha' for InputGatedDense, whose node holds exactly "
+    "kernel: [in, out] and log_alpha: [in], and optionally bias: [out]."
+)
+
+
 def _ig_match(node: Node) -> bool:
-    return "kernel" in node and GATE_PARAM in node and np.ndim(node["kernel"]) == 2
+    return holds(node, "kernel") and holds(node, GATE_PARAM)
+
+
+def _ig_malformed(node: Node) -> str | None:
+    problem = not_2d(node, "kernel") or unknown_keys(node, ("kernel", "bias", GATE_PARAM))
+    if problem:
+        return problem
+    n_in, n_out = shape_of(node["kernel"])
+    return wrong_shape(node, GATE_PARAM, (n_in,)) or wrong_shape(node, "bias", (n_out,))
 
 
 def _ig_groups(node: Node) -> list[GateGroup]:
@@ -160,4 +189,13 @@ def _ig_check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
 
 
-INPUT_GATED_LAYOUT = Layout("input_gated", _ig_match, _ig_groups, _ig_rows, _ig_shrink, _ig_check)
+INPUT_GATED_LAYOUT = Layout(
+    kind="input_gated",
+    reserved=RESERVED,
+    match=_ig_match,
+    malformed=_ig_malformed,
+    groups=_ig_groups,
+    rows=_ig_rows,
+    shrink=_ig_shrink,
+    check=_ig_check,
+)

@@ -5,6 +5,14 @@ registers a :class:`Layout` that recognises its node in the params tree (the
 dict of one module's params) by the names in it, and knows, as pure
 functions of that node:
 
+* ``match``: whether the node claims the kind, by holding one of the names
+  the kind reserves (``reserved`` says which, in words);
+* ``malformed``: what in a claimed node departs from the kind's exact
+  structure (a missing partner, a shape that disagrees, an unknown key), or
+  None. Recognising layers by name is what lets accounting run on the params
+  alone, so a node that uses a reserved name without the structure behind it
+  (a user's own module with a param called ``P``) is refused, never guessed
+  at: :func:`flaxprune.param_tree.layout_of` raises, naming the path;
 * ``groups``: its gate vectors and the number of weights each gate controls
   (the cost per gate), which is all that size accounting needs;
 * ``row``: one line of the per-layer report;
@@ -17,7 +25,8 @@ functions of that node:
   ``'dense'`` sparsity (:mod:`flaxprune.size`).
 
 The registry is ``flaxprune.layers.LAYOUTS``; a node is handled by the first
-layout that matches it.
+layout that matches it. Only leaves count as held names: a submodule called
+``P`` is a module, not a factor.
 """
 
 from __future__ import annotations
@@ -55,13 +64,16 @@ class LayerRow:
 
     Attributes:
       path: module path, ``'/'``-joined.
-      kind: ``'factorized'``, ``'dense'``, ``'input_gated'``, ``'bias_only'``
-        or ``'adaptive[i]'`` for cluster ``i``.
+      kind: ``'factorized'``, ``'dense'``, ``'input_gated'``, ``'bias_only'``,
+        ``'adaptive[i]'`` for cluster ``i``, or ``'other'`` for the one row
+        (path ``'(other params)'``) of every param outside a layer node
+        (norms, plain embeddings, a tied softmax's biases, ...).
       shape: ``(in, out)`` of the linear map the layer computes.
       rank: components (or inputs / embedding dims) kept: counted with the
         deterministic mask for a gated layer, the actual size otherwise.
       full_rank: components present in the params.
-      params: parameters the layer holds once pruned (bias included).
+      params: parameters the layer holds once pruned (bias included; gates
+        excluded, since surgery drops them).
       flops_per_token: multiply-adds x 2 per token (row) of input.
       gated: whether the node still carries gates.
     """
@@ -80,12 +92,43 @@ class Layout(NamedTuple):
     """Pure functions describing one kind of (possibly gated) layer node."""
 
     kind: str
+    reserved: str  # the names the kind reserves and the structure they stand for, for errors
     match: Callable[[Node], bool]
+    malformed: Callable[[Node], str | None]
     groups: Callable[[Node], list[GateGroup]]
     rows: Callable[[str, Node, GateConfig], list[LayerRow]]
     shrink: Callable[[str, Node, GateConfig], tuple[dict | None, Any]]
     check: Callable[[str, Node, Any], None]
     dense_params: Callable[[Node], int] | None = None
+
+
+def holds(node: Node, key: str) -> bool:
+    """Whether ``node`` holds a param (a leaf, not a submodule) named ``key``."""
+    return key in node and not isinstance(node[key], Mapping)
+
+
+def shape_of(x) -> tuple[int, ...]:
+    return tuple(int(d) for d in np.shape(x))
+
+
+def unknown_keys(node: Node, allowed) -> str | None:
+    """``'unknown keys [...]'`` for the keys of ``node`` outside ``allowed``, or None."""
+    extra = sorted(str(k) for k in node if k not in allowed)
+    return f"unknown keys {extra}" if extra else None
+
+
+def wrong_shape(node: Node, key: str, expected: tuple[int, ...]) -> str | None:
+    """``'<key> has shape ..., expected ...'`` where ``node[key]`` exists with another shape, or None."""
+    if key in node and shape_of(node[key]) != expected:
+        return f"{key} has shape {shape_of(node[key])}, expected {expected}"
+    return None
+
+
+def not_2d(node: Node, key: str) -> str | None:
+    """``'<key> has shape ..., not 2-D'`` where ``node[key]`` is not a matrix, or None."""
+    if len(shape_of(node[key])) != 2:
+        return f"{key} has shape {shape_of(node[key])}, not 2-D"
+    return None
 
 
 def to_numpy(x) -> np.ndarray:
@@ -102,3 +145,20 @@ def mismatch(path: str, what: str, found: Any, expected: Any) -> ValueError:
         f"params do not match the plan at '{path}': {what} is {found}, but the plan's spec expects {expected}. "
         "Pass the params and the config that built them together (the pair shrink returned, or the original pair)."
     )
+
+
+def check_finite_gates(fn: str, path: str, groups: list[GateGroup]) -> None:
+    """Raises where a gate vector holds NaN or inf: no mask, and so no count or cut, can be read from it.
+
+    Reads the values on the host, so it runs outside ``jit`` only.
+    """
+    for g in groups:
+        values = np.asarray(jax.device_get(g.log_alpha))
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            where = f"{path}/{g.name}" if path else g.name
+            raise ValueError(
+                f"{fn}: '{where}' holds non-finite values ({bad} of {values.size}), so its eval mask says nothing "
+                "about which components to keep: the training that produced these params diverged. Use an earlier "
+                "checkpoint whose gates are finite."
+            )

@@ -307,8 +307,9 @@ def test_rows():
     assert [r.flops_per_token for r in rows] == [2 * 5 * 4, 0, 2 * 1 * 4]
     sm = _prune_log_alphas(_init(AdaptiveSoftmax(**KW), jnp.ones((4,)))["params"])
     rows = ADAPTIVE_LAYOUT.rows("softmax", sm, GATE)
-    assert [r.params for r in rows] == [5 * 7 + 3, 3, 1 * 8 + 4]
-    assert [r.flops_per_token for r in rows] == [2 * 5 * 7, 0, 2 * 1 * 8]
+    cluster = 4 * 2 + 2  # cluster 0's row also holds the cluster logits: cluster_kernel [4, 2], cluster_bias [2]
+    assert [r.params for r in rows] == [5 * 7 + 3 + cluster, 3, 1 * 8 + 4]
+    assert [r.flops_per_token for r in rows] == [2 * 5 * 7 + 2 * 4 * 2, 0, 2 * 1 * 8]
     assert [r.shape for r in rows] == [(3, 4), (3, 4), (4, 4)]
 
 
@@ -395,3 +396,21 @@ def test_check_on_gated_node():
     ADAPTIVE_LAYOUT.check("e", node, AdaptiveSpec(dims=DIMS, gated=True))
     with pytest.raises(ValueError, match="gated"):
         ADAPTIVE_LAYOUT.check("e", node, AdaptiveSpec(dims=DIMS, gated=False))
+
+
+def test_plan_dims_must_fit_the_clusters():
+    plan = Plan().with_specs({"": AdaptiveSpec(dims=(8, 5, 2))})  # cluster 1 has d_embed // 2 = 4 dims
+    with pytest.raises(ValueError, match=r"keeps 5 dims of cluster 1, which has 4"):
+        _init(AdaptiveEmbedding(**KW, plan=plan), IDS)
+    with pytest.raises(ValueError, match=r"keeps 5 dims of cluster 1, which has 4"):
+        _init(AdaptiveSoftmax(**KW, plan=plan), jnp.ones((4,)))
+
+
+def test_head_row_holds_the_cluster_logits():
+    sm = _init(AdaptiveSoftmax(**KW), jnp.ones((4,)))["params"]
+    sm = {k: jnp.full_like(v, 9.0) if k.startswith("log_alpha") else v for k, v in sm.items()}  # every gate open
+    rows = ADAPTIVE_LAYOUT.rows("softmax", sm, GATE)
+    cluster = 4 * 2 + 2  # cluster_kernel [d_proj, clusters - 1] and cluster_bias
+    assert sum(r.params for r in rows) == _n_params(sm) - sum(DIMS)  # every weight but the gates
+    assert rows[0].params == 8 * (3 + 4) + 3 + cluster
+    assert rows[0].flops_per_token == 2 * 8 * (3 + 4) + 2 * 4 * 2

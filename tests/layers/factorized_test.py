@@ -42,12 +42,13 @@ def test_training_mode_uses_explicit_gate_key():
 
 
 def test_per_example_gates_differ_across_batch():
-    layer = fp.FactorizedDense(4, rank=64, per_example_gates=True)
+    layer = fp.FactorizedDense(4, rank=4, per_example_gates=True)
     variables = layer.init(jax.random.key(0), X, deterministic=True)
     y = layer.apply(variables, jnp.broadcast_to(X[:1], X.shape), deterministic=False, rngs={"gates": jax.random.key(3)})
     assert not np.allclose(y[0], y[1])
-    shared = fp.FactorizedDense(4, rank=64)
-    y = shared.apply(variables, jnp.broadcast_to(X[:1], X.shape), deterministic=False, rngs={"gates": jax.random.key(3)})
+    shared = fp.FactorizedDense(4, rank=4)
+    same = jnp.broadcast_to(X[:1], X.shape)
+    y = shared.apply(variables, same, deterministic=False, rngs={"gates": jax.random.key(3)})
     chex.assert_trees_all_close(y[0], y[1])
 
 
@@ -124,3 +125,35 @@ def test_input_gated_plan_gathers_kept_inputs():
     bad = fp.Plan().with_specs({"": fp.InputGatedSpec(keep=(1, 9))})
     with pytest.raises(ValueError, match="keeps input 9"):
         fp.InputGatedDense(3, plan=bad).init(jax.random.key(0), X)
+
+
+# --- Bad sizes are named (issue 11) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("features", [0, -4, 2.5, True])
+def test_features_must_be_a_positive_int(features):
+    x = jnp.ones((2, 16))
+    for layer in (fp.FactorizedDense(features), fp.InputGatedDense(features)):
+        match = rf"{type(layer).__name__} at '': features={features!r} must be an int >= 1"
+        with pytest.raises(ValueError, match=match):
+            layer.init(jax.random.key(0), x, deterministic=True)
+
+
+@pytest.mark.parametrize("rank", [500, 9, 0, -1, 2.0])
+def test_rank_must_fit_the_matrix(rank):
+    x = jnp.ones((2, 16))  # 16 -> 8: at most min(16, 8) = 8 components
+    match = rf"FactorizedDense at '': rank={rank!r} must be an int in \[1, min\(in, out\)\] = \[1, 8\]"
+    with pytest.raises(ValueError, match=match):
+        fp.FactorizedDense(8, rank=rank).init(jax.random.key(0), x, deterministic=True)
+    full = fp.FactorizedDense(8, rank=8).init(jax.random.key(0), x, deterministic=True)["params"]
+    assert full["P"].shape == (16, 8)
+    plan = fp.Plan().with_specs({"": fp.FactorizedSpec(rank=9)})
+    with pytest.raises(ValueError, match=r"the plan's FactorizedSpec\(rank=9.*min\(in, out\) = 8"):
+        fp.FactorizedDense(8, plan=plan).init(jax.random.key(0), x, deterministic=True)
+
+
+def test_default_rank_needs_positive_sizes():
+    assert fp.default_rank(1, 1) == 1 and fp.default_rank(16, 8) == 5 <= min(16, 8)
+    for bad in ((0, 4), (4, -1), (4.5, 4)):
+        with pytest.raises(ValueError, match=r"default_rank: \(in_features, out_features\)=.* must be ints >= 1"):
+            fp.default_rank(*bad)
