@@ -6,17 +6,27 @@ flags, examples); dispatch, ``flaxprune --help`` and ``flaxprune <command>
 absl flags plus ``ml_collections.config_flags`` (``--config=FILE`` and
 ``--config.section.field=value`` overrides). Each command imports the training
 code inside its function, so help and flag errors never load it.
+
+Every bad input ends in one line on stderr, ``flaxprune <command>: <what is wrong>``: exit 2 for a usage
+error (flags, the config file), 1 for an error the command raised (a missing run directory, a bad config
+field, data too small, a non-finite loss), 130 for Ctrl-C. ``--debug`` (or ``FLAXPRUNE_DEBUG=1``) lets the
+error propagate with its traceback instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
+import os
+import re
 import sys
+import traceback
 from collections.abc import Callable
 
 from absl import flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl  # where it loads a config file
 
 import flaxprune
 
@@ -27,6 +37,14 @@ _SPLIT = flags.DEFINE_enum("split", "valid", ["valid", "test"], "The split to ev
 _REDUCED = flags.DEFINE_bool("reduced", False, "Evaluate the run's reduced model instead of its newest checkpoint.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to save the reduced model.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run directory or a reduced-model directory.")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "On an error, show the full Python traceback instead of one line (or set FLAXPRUNE_DEBUG=1)."
+)
+
+DEBUG_ENV = "FLAXPRUNE_DEBUG"  # set to 1 (any value but '', 0, false, no): the same as --debug
+# What a command raises for a bad input (a missing file, a bad config field, data too small, a non-finite loss:
+# flaxprune.training.loop.NonFiniteLossError is a FloatingPointError); main prints it as one line.
+COMMAND_ERRORS = (ValueError, OSError, FloatingPointError)
 
 # Recognised anywhere among a command's arguments (before a bare ``--``); absl's own help flags are not
 # defined here, since they would list every absl flag rather than the command's.
@@ -145,6 +163,8 @@ class Command:
         return "\n".join(lines)
 
 
+COMMON_ARGS = (Arg(_DEBUG),)  # every command takes these
+
 _TRAIN_NOTES = """\
 Rerunning the same command resumes the run from the newest checkpoint in --workdir. On SIGTERM the run
 saves a checkpoint and exits 0, so a preempted job continues exactly where it stopped when rerun.
@@ -162,7 +182,7 @@ COMMANDS: dict[str, Command] = {
             name="train",
             summary="Train a FLOP run, or resume it from the newest checkpoint in --workdir.",
             run=train_main,
-            args=(Arg(_CONFIG, "FILE", required=True), Arg(_WORKDIR, "DIR", required=True)),
+            args=(Arg(_CONFIG, "FILE", required=True), Arg(_WORKDIR, "DIR", required=True), *COMMON_ARGS),
             usage_tail="[--config.SECTION.FIELD=VALUE ...]",
             notes=_TRAIN_NOTES,
             examples=(
@@ -175,7 +195,7 @@ COMMANDS: dict[str, Command] = {
             name="eval",
             summary="Print a run's task metrics on a split, from its newest checkpoint or its reduced model.",
             run=eval_main,
-            args=(Arg(_WORKDIR, "DIR", required=True), Arg(_SPLIT), Arg(_REDUCED)),
+            args=(Arg(_WORKDIR, "DIR", required=True), Arg(_SPLIT), Arg(_REDUCED), *COMMON_ARGS),
             examples=(
                 "flaxprune eval --workdir=/tmp/run --split=test",
                 "flaxprune eval --workdir=/tmp/run --split=test --reduced",
@@ -185,14 +205,14 @@ COMMANDS: dict[str, Command] = {
             name="shrink",
             summary="Cut a run's newest checkpoint down to a reduced model (pruned ranks removed) and save it.",
             run=shrink_main,
-            args=(Arg(_WORKDIR, "DIR", required=True), Arg(_OUTPUT, "DIR", required=True)),
+            args=(Arg(_WORKDIR, "DIR", required=True), Arg(_OUTPUT, "DIR", required=True), *COMMON_ARGS),
             examples=("flaxprune shrink --workdir=/tmp/run --output=/tmp/run_small",),
         ),
         Command(
             name="report",
             summary="Print the per-layer kept ranks, params and FLOPs/token of a run or a reduced model.",
             run=report_main,
-            args=(Arg(_CHECKPOINT, "DIR", required=True),),
+            args=(Arg(_CHECKPOINT, "DIR", required=True), *COMMON_ARGS),
             examples=("flaxprune report --checkpoint=/tmp/run", "flaxprune report --checkpoint=/tmp/run_small"),
         ),
     )
@@ -235,22 +255,19 @@ def _parse_flags(command: Command, args: list[str]) -> None:
     """
     argv = [f"flaxprune {command.name}", *args]
     saved_argv, sys.argv = sys.argv, argv  # config_flags reads its --config.* overrides from sys.argv
+    quiet = _DropConfigNoneWarning()  # config_flags warns of a get_config() returning None: an error below
+    logging.get_absl_logger().addFilter(quiet)
     try:
         FLAGS.unparse_flags()  # FLAGS is global: forget the previous parse (tests call main many times)
         positional = FLAGS(argv)[1:]
-    except flags.Error as e:
-        raise UsageError(f"{e} (flaxprune {command.name} --help lists its flags)") from e
-    except (AttributeError, KeyError) as e:  # config_flags: an override of a key the config lacks
-        detail = e
-        while isinstance(detail, BaseException) and detail.args:  # AttributeError(KeyError("'key'")) -> 'key'
-            detail = detail.args[0]
-        raise UsageError(
-            f"a --config.* override names a key the config lacks ({detail}); the config file lists the accepted keys."
-        ) from e
-    except OSError as e:  # config_flags: overrides of a config file that did not load
-        raise UsageError(_config_load_error(e)) from e
+    except Exception as e:  # a config file can raise anything: _usage_error sorts it out
+        usage = _usage_error(command, args, e)
+        if usage is None:
+            raise
+        raise usage from e
     finally:
         sys.argv = saved_argv
+        logging.get_absl_logger().removeFilter(quiet)
     if positional:
         raise UsageError(f"unexpected argument(s) {' '.join(positional)}; flags are written --name=value")
     own = [a.name for a in command.args]
@@ -258,23 +275,121 @@ def _parse_flags(command: Command, args: list[str]) -> None:
     given = [f"--{name}" for name in foreign if FLAGS[name].present]
     if given:
         raise UsageError(f"{', '.join(given)} is not a flag of {command.name}; it takes --{', --'.join(own)}")
+    if "config" in own and FLAGS["config"].present:
+        config = _CONFIG.value
+        try:  # config_flags defers a missing file's error to the config's first use: make it a usage error
+            if config is not None:
+                config.keys()
+        except OSError as e:
+            usage = _usage_error(command, args, e)
+            if usage is None:
+                raise
+            raise usage from e
+        if config is None:
+            raise UsageError(_CONFIG_NONE)
     missing = [f"--{a.name}" for a in command.args if a.required and a.is_missing()]
     if missing:
         raise UsageError(f"missing required flag(s): {', '.join(missing)}")
-    if "config" in own:
-        try:  # config_flags defers a missing file's error to the config's first use: make it a usage error
-            _CONFIG.value.keys()
-        except OSError as e:
-            raise UsageError(_config_load_error(e)) from e
 
 
-def _config_load_error(error: OSError) -> str:
-    reason = str(error).strip().splitlines()[-1].strip()  # config_flags' last line: "[Errno 2] No such file: 'x.py'"
-    return f"cannot load the --config file: {reason}"
+_CONFIG_NONE = (
+    "cannot load the --config file: its get_config() returned None; it must return the experiment's "
+    "ml_collections.ConfigDict."
+)
+
+
+class _DropConfigNoneWarning(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return "get_config() returned None" not in record.getMessage()
+
+
+def _usage_error(command: Command, args: list[str], error: Exception) -> UsageError | None:
+    """The one-line UsageError for what parsing ``args`` raised; None for an error that is not one."""
+    failure = _config_load_failure(error)
+    if failure is not None:
+        return UsageError(f"cannot load the --config file: {_describe_load_failure(failure)}")
+    if isinstance(error, flags.Error):
+        return UsageError(f"{error} (flaxprune {command.name} --help lists its flags)")
+    if any("<class 'NoneType'>" in str(link) for link in _exception_chain(error)):  # overrides of a None config
+        return UsageError(_CONFIG_NONE)
+    if isinstance(error, (AttributeError, KeyError)):  # config_flags: an override of a key the config lacks
+        return UsageError(_unknown_key_message(error, args))
+    return None
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    """``error``, then what it was raised from or while handling, and so on (the original last)."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def _config_load_failure(error: BaseException) -> BaseException | None:
+    """The original error of loading the --config file (running it, its get_config()), if ``error`` is one.
+
+    config_flags loads the file inside ``ConfigFileFlagParser.parse`` and re-raises, wraps or defers what it
+    raised (an OSError on the config's first use, a flag error with the traceback in its message): the
+    original is the deepest exception of the chain whose traceback passes through that function.
+    """
+    parser = getattr(config_flags_impl, "ConfigFileFlagParser", None)
+    parse = getattr(getattr(parser, "parse", None), "__code__", None)
+    found = None
+    for link in _exception_chain(error):
+        if parse is not None and any(frame.f_code is parse for frame, _ in traceback.walk_tb(link.__traceback__)):
+            found = link
+    return found
+
+
+def _describe_load_failure(error: BaseException) -> str:
+    """One line: what went wrong in the config file, and where."""
+    if isinstance(error, SyntaxError):
+        return f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
+    if isinstance(error, OSError):  # config_flags' last line: "[Errno 2] No such file or directory: 'x.py'"
+        return str(error).strip().splitlines()[-1].strip()
+    if isinstance(error, AttributeError) and getattr(error, "name", None) == "get_config":
+        return "the file defines no get_config(); it must define get_config() returning a ConfigDict."
+    message = " ".join(str(error).split())
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {message}{where}"
+
+
+def _unknown_key_message(error: BaseException, args: list[str]) -> str:
+    """``--config.train.stepz names a key the config lacks ('stepz'; did you mean 'steps'?); ...``.
+
+    config_flags raises ``AttributeError(KeyError("'stepz'\\nDid you mean ...?"))`` from ``KeyError('stepz')``.
+    """
+    chain = _exception_chain(error)
+    keys = [e.args[0] for e in chain if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str)]
+    key = keys[-1] if keys else None  # the deepest: the bare key
+    texts = [str(link.args[0]) for link in chain if link.args]
+    suggestion = next((m.group(1) for t in texts if (m := re.search(r'Did you mean "([^"]+)"', t))), None)
+    overrides = [a.split("=", 1)[0] for a in args if re.match(r"--?config\.", a)]
+    named = [o for o in overrides if key is not None and key in o.split(".")[1:]]
+    what = named[-1] if named else "a --config.* override"
+    detail = f"{key!r}" if key is not None else " ".join(str(error).split())
+    if suggestion:
+        detail += f"; did you mean {suggestion!r}?"
+    return f"{what} names a key the config lacks ({detail}); the config file lists the accepted keys."
+
+
+def _debugging() -> bool:
+    """``--debug``, or ``FLAXPRUNE_DEBUG`` set: let a command's error propagate with its traceback."""
+    return bool(_DEBUG.value) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _error_line(error: BaseException) -> str:
+    """The error's own message (a multi-line one as it is), or its type when it has none."""
+    return str(error).strip() or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``flaxprune <command> [flags]``; returns the exit status (0 done, 2 a usage error)."""
+    """Runs ``flaxprune <command> [flags]``; returns the exit status.
+
+    0: done; 1: the command failed on a bad input (one line on stderr); 2: a usage error; 130: interrupted.
+    With ``--debug`` or ``FLAXPRUNE_DEBUG=1`` a command's error propagates instead, traceback and all.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         print(overview(), file=sys.stderr)
@@ -302,7 +417,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flaxprune {command.name}: {e}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-    command.run()
+    try:
+        command.run()
+    except KeyboardInterrupt:
+        if _debugging():
+            raise
+        print(f"flaxprune {command.name}: interrupted", file=sys.stderr)
+        return 130
+    except COMMAND_ERRORS as e:
+        if _debugging():
+            raise
+        print(f"flaxprune {command.name}: {_error_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

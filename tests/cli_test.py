@@ -119,3 +119,141 @@ def test_the_module_runs_as_a_script_and_help_imports_no_training_code():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("flaxprune train: ")
     assert "flaxprune.training" not in done.stderr
+
+
+# --- Bad inputs to a command: one line on stderr, exit 1 (--debug: the traceback) ----------------------
+
+CONFIG_FILE = REPO / "experiments" / "configs" / "sru_small.py"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--workdir={tmp}/nonexistent"], "is not a flaxprune run directory"),
+        (["eval", "--workdir={tmp}/nonexistent", "--split=test", "--reduced"], "{tmp}/nonexistent"),
+        (["report", "--checkpoint={tmp}/nonexistent"], "{tmp}/nonexistent"),
+        (["shrink", "--workdir={tmp}/nonexistent", "--output={tmp}/small"], "{tmp}/nonexistent"),
+        (
+            # text files from a manual dir that holds none of them: load_corpus names the dir
+            ["train", f"--config={CONFIG_FILE}", "--workdir={tmp}/run", "--config.data.name=text_char",
+             "--config.data.manual_dir={tmp}/empty", "--config.data.data_dir={tmp}/tfds"],
+            "{tmp}/empty",
+        ),
+        (["train", f"--config={CONFIG_FILE}", "--workdir={tmp}/run", "--config.optim.learning_rate=inf"],
+         "config.optim.learning_rate=inf"),
+    ],
+)
+def test_command_errors_are_one_line_and_exit_1(argv, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "Traceback" not in captured.err and "\n" not in err, captured.err
+    assert err.startswith(f"flaxprune {argv[0]}: ") and message.format(tmp=tmp_path) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written: no run dir, no data dir
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_lets_the_error_propagate(how, tmp_path, monkeypatch, capsys):
+    argv = ["report", f"--checkpoint={tmp_path / 'nonexistent'}"]
+    if how == "flag":
+        argv.append("--debug")
+    else:
+        monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(FileNotFoundError, match="nonexistent"):
+        cli.main(argv)
+
+
+def test_debug_env_off_values_keep_the_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(cli.DEBUG_ENV, "0")
+    assert cli.main(["report", f"--checkpoint={tmp_path / 'nonexistent'}"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _raising(error):
+    def run():
+        raise error
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "error,status,line",
+    [
+        (KeyboardInterrupt(), 130, "flaxprune report: interrupted"),
+        (FloatingPointError("the loss became non-finite at step 4"), 1, "flaxprune report: the loss became non-finite"),
+        (PermissionError(13, "Permission denied", "/x/run"), 1, "flaxprune report: [Errno 13] Permission denied"),
+        (ValueError("line one\nline two"), 1, "flaxprune report: line one\nline two"),  # kept as it is
+    ],
+)
+def test_command_error_kinds(error, status, line, monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "report", dataclasses.replace(cli.COMMANDS["report"], run=_raising(error)))
+    assert cli.main(["report", "--checkpoint=/x"]) == status
+    err = capsys.readouterr().err
+    assert err.startswith(line) and "Traceback" not in err, err
+    with pytest.raises(type(error)):
+        cli.main(["report", "--checkpoint=/x", "--debug"])
+
+
+def test_non_finite_loss_error_is_one_line(monkeypatch, capsys):
+    from flaxprune.training.loop import NonFiniteLossError
+
+    error = NonFiniteLossError("the loss became non-finite at step 4; the last good checkpoint is intact.")
+    monkeypatch.setitem(cli.COMMANDS, "train", dataclasses.replace(cli.COMMANDS["train"], run=_raising(error)))
+    assert cli.main(["train", f"--config={CONFIG_FILE}", "--workdir=/x"]) == 1
+    assert capsys.readouterr().err == f"flaxprune train: {error}\n"
+
+
+def test_every_command_takes_and_documents_debug(capsys, no_work):
+    for name, command in cli.COMMANDS.items():
+        assert "debug" in [a.name for a in command.args]
+        assert cli.main([name, "--help"]) == 0
+        assert "--[no]debug" in capsys.readouterr().out
+
+
+# --- Config files that do not load, keys the config lacks: one line, exit 2 ---------------------------
+
+BAD_CONFIGS = {
+    "syntax.py": ("def get_config(:\n", "SyntaxError: invalid syntax ({dir}/syntax.py, line 1)"),
+    "raises.py": ("def get_config():\n    raise ValueError('boom')\n", "ValueError: boom ({dir}/raises.py, line 2)"),
+    "name.py": ("def get_config():\n    return undefined\n", "NameError: name 'undefined' is not defined"),
+    "none.py": ("def get_config():\n    return None\n", "get_config() returned None"),
+    "chain.py": (
+        "from flaxprune.training.config import load_config_file\n\n"
+        "def get_config():\n    return load_config_file('{dir}/missing_base.py')\n",
+        "load_config_file: no config file at {dir}/missing_base.py.",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+@pytest.mark.parametrize("overrides", [[], ["--config.train.steps=3"]])
+def test_a_config_file_that_does_not_load_is_one_line(name, overrides, tmp_path, capsys, no_work):
+    text, message = BAD_CONFIGS[name]
+    (tmp_path / name).write_text(text.format(dir=tmp_path))
+    assert cli.main(["train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}", *overrides]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and "Traceback" not in err, captured.err
+    assert err.startswith("flaxprune train: cannot load the --config file: ") and message.format(dir=tmp_path) in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "--config.train.stepz=3",
+            "--config.train.stepz names a key the config lacks ('stepz'; did you mean 'steps'?)",
+        ),
+        (
+            "--config.trainz.steps=3",
+            "--config.trainz.steps names a key the config lacks ('trainz'; did you mean 'train'?)",
+        ),
+    ],
+)
+def test_an_unknown_config_key_is_one_clean_line(override, message, tmp_path, capsys, no_work):
+    assert cli.main(["train", f"--config={CONFIG_FILE}", f"--workdir={tmp_path}", override]) == 2
+    err = capsys.readouterr().err
+    assert err == f"flaxprune train: {message}; the config file lists the accepted keys.\n", err

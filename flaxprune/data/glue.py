@@ -337,8 +337,9 @@ def load_glue(
       order.
 
     Raises:
-      ValueError: for an unknown task, a malformed file, or a ``manual_dir``
-        that differs from the prepared data's source.
+      ValueError: for an unknown task, a malformed file, a split file with no
+        example, or a ``manual_dir`` that differs from the prepared data's
+        source.
       FileNotFoundError: for a missing input file, naming its path.
     """
     spec = get_task(task)
@@ -348,6 +349,7 @@ def load_glue(
         where = manual_dir if manual_dir is not None else epath.Path(data_dir) / "downloads" / "manual"
         expected = describe_source(spec, where)  # raises for missing files, before preparing
     if not builder.is_prepared():
+        _check_not_empty(spec, where)  # tfds would fail on an empty split with an AssertionError
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
         builder.download_and_prepare(download_config=config)
     recorded = builder.info.metadata.get("source")
@@ -357,6 +359,16 @@ def load_glue(
             f"holds {expected}. Use a fresh data_dir for a different input (or delete that one)."
         )
     return {split: _read_split(builder, split, spec) for split in spec.split_names}
+
+
+def _check_not_empty(task: GlueTask, manual_dir: str | os.PathLike) -> None:
+    """Raises a ValueError naming a split file that holds no example (a header at most)."""
+    for split, path in glue_files(task, manual_dir).items():
+        if next(iter(read_glue_tsv(task, path)), None) is None:
+            raise ValueError(
+                f"load_glue({task.name!r}): {path} holds no examples{' (only a header)' if task.header else ''}; "
+                f"the {split} split needs at least one."
+            )
 
 
 def _text(value) -> str:

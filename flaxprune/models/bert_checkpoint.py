@@ -40,6 +40,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from flaxprune.gates import is_gate_param, log_alpha_init
@@ -89,13 +90,18 @@ def read_config(folder: str | os.PathLike, **overrides: Any) -> BertConfig:
 
     Raises:
       FileNotFoundError: if ``config.json`` is missing.
-      ValueError: for an activation other than the exact ``gelu``, relative
+      ValueError: for a ``config.json`` that is not a JSON object, an activation other than the exact ``gelu``, relative
         position embeddings, a missing key, or an override of another field.
     """
     path = pathlib.Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"load_hf_bert: no config.json at {path}.")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"load_hf_bert: {path} is not valid JSON ({e}); it looks truncated or corrupt.") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"load_hf_bert: {path} holds a {type(raw).__name__}; expected a JSON object of BERT's fields.")
     act = raw.get("hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(
@@ -174,6 +180,29 @@ def _lookup(tensors: dict[str, np.ndarray], name: str, prefix: str) -> np.ndarra
     return None
 
 
+def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a ``.safetensors`` file; a file that does not parse is named, with its size."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(
+            f"load_hf_bert: cannot read {path} ({path.stat().st_size:,} bytes): {e}. The file looks truncated "
+            "or corrupt (an interrupted download or copy?); fetch it again."
+        ) from e
+
+
+def _check_finite(path: pathlib.Path, name: str, value: np.ndarray) -> None:
+    """Refuses a tensor holding NaN or inf, which would otherwise surface much later (in the SVD, the loss)."""
+    if not np.issubdtype(value.dtype, np.floating):
+        return
+    bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise ValueError(
+            f"load_hf_bert: tensor '{name}' in {path} holds {bad:,} non-finite value(s) (NaN or inf) of "
+            f"{value.size:,}; the checkpoint is corrupt or was saved from a diverged run."
+        )
+
+
 def load_hf_bert(folder: str | os.PathLike, **overrides: Any) -> tuple[BertConfig, dict[str, Any]]:
     """Loads an HF-format BERT folder into the params of the dense :class:`BertEncoder`.
 
@@ -190,15 +219,17 @@ def load_hf_bert(folder: str | os.PathLike, **overrides: Any) -> tuple[BertConfi
 
     Raises:
       FileNotFoundError: naming a missing ``config.json`` or ``model.safetensors``.
-      ValueError: for an unsupported config (see :func:`read_config`), the
-        first missing tensor (with its expected shape), or a tensor of the
-        wrong shape (name, found and expected shapes).
+      ValueError: for an unsupported config (see :func:`read_config`), a
+        ``model.safetensors`` that does not parse (truncated or corrupt), the
+        first missing tensor (with its expected shape), a tensor of the wrong
+        shape (name, found and expected shapes), or the first tensor holding
+        NaN or inf (name and count).
     """
     cfg = read_config(folder, **overrides)
     path = pathlib.Path(folder) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"load_hf_bert: no model.safetensors at {path}.")
-    tensors = load_file(str(path))
+    tensors = _read_tensors(path)
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     flat = {}
     for name, flax_path, shape, transpose in _expected(cfg):
@@ -213,6 +244,7 @@ def load_hf_bert(folder: str | os.PathLike, **overrides: Any) -> tuple[BertConfi
                 f"load_hf_bert: tensor '{prefix}{name}' in {path} has shape {value.shape}, expected {shape} "
                 "from config.json."
             )
+        _check_finite(path, prefix + name, value)
         value = value.T if transpose else value
         flat[flax_path] = jnp.asarray(np.ascontiguousarray(value), cfg.param_dtype)
     return cfg, flax.traverse_util.unflatten_dict(flat)

@@ -89,8 +89,39 @@ class SRUConfig:
         for name in ("gated", "input_gated_first"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SRUConfig: {name}={getattr(self, name)!r} must be True or False.")
+        top = self.max_rank
+        if self.rank is not None and top is not None and self.rank > top:
+            shapes = []
+            if self.n_layers > 1:
+                shapes.append(f"[d_model, 3 * d_model] = [{self.d_model}, {3 * self.d_model}] in layers 1..")
+            if not self.input_gated_first:
+                n_in, n_out = self._first_w_shape
+                shapes.append(f"[embed, {n_out // self.d_model} * d_model] = [{n_in}, {n_out}] in layer 0")
+            raise ValueError(
+                f"SRUConfig: rank={self.rank!r} must be None (the parameter-neutral default) or an integer in "
+                f"[1, {top}]: every factorized W takes this rank and has at most min(in, out) components "
+                f"(W is {'; '.join(shapes)})."
+            )
         if not isinstance(self.plan, Plan):
             raise ValueError(f"SRUConfig: plan={self.plan!r} must be a flaxprune.Plan.")
+
+    @property
+    def _first_w_shape(self) -> tuple[int, int]:
+        """Layer 0's ``W``: ``[embed, k * d_model]``, ``k = 3`` when ``embed == d_model`` (no ``U3``), else 4."""
+        k = 3 if self.embed_features == self.d_model else 4
+        return self.embed_features, k * self.d_model
+
+    @property
+    def max_rank(self) -> int | None:
+        """The largest ``rank`` every factorized ``W`` can take: the least ``min(in, out)`` among them.
+
+        Layers 1.. factorize ``[d_model, 3 * d_model]``; layer 0 its ``[embed, k * d_model]`` unless it is
+        input-gated. None when nothing is factorized (one input-gated layer): ``rank`` is then unused.
+        """
+        sizes = [self.d_model] if self.n_layers > 1 else []
+        if not self.input_gated_first:
+            sizes.append(min(self._first_w_shape))
+        return min(sizes) if sizes else None
 
     @property
     def embed_features(self) -> int:

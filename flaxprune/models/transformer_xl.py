@@ -84,6 +84,15 @@ class TransformerXLConfig:
         _check_int("mem_len", self.mem_len, 0)
         if self.rank is not None:
             _check_int("rank", self.rank, 1)
+            if self.rank > self.max_rank:
+                nd = self.n_heads * self.d_head
+                raise ValueError(
+                    f"TransformerXLConfig: rank={self.rank!r} must be None (the parameter-neutral default) or an "
+                    f"integer in [1, min(d_model, n_heads * d_head, d_inner)] = [1, {self.max_rank}]: every projection "
+                    f"takes this rank and has at most min(in, out) components (qkv [{self.d_model}, {3 * nd}], "
+                    f"r [{self.d_model}, {nd}], o [{nd}, {self.d_model}], ff_in [{self.d_model}, {self.d_inner}], "
+                    f"ff_out [{self.d_inner}, {self.d_model}])."
+                )
         for name in ("dropout", "dropatt"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -93,6 +102,15 @@ class TransformerXLConfig:
                 raise ValueError(f"TransformerXLConfig: {name}={getattr(self, name)!r} must be True or False.")
         if not isinstance(self.plan, Plan):
             raise ValueError(f"TransformerXLConfig: plan={self.plan!r} must be a flaxprune.Plan.")
+
+    @property
+    def max_rank(self) -> int:
+        """The largest ``rank`` every projection can take: the least ``min(in, out)`` among them.
+
+        ``qkv [d_model, 3 n d]``, ``r [d_model, n d]``, ``o [n d, d_model]``, ``ff_in [d_model, d_inner]`` and
+        ``ff_out [d_inner, d_model]`` (``n d = n_heads * d_head``): ``min(d_model, n_heads * d_head, d_inner)``.
+        """
+        return min(self.d_model, self.n_heads * self.d_head, self.d_inner)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
 from typing import Any
@@ -33,6 +34,42 @@ def _positive_int(section: str, name: str, value: Any, minimum: int = 1) -> None
         raise ValueError(f"config.{section}.{name}={value!r} must be an integer >= {minimum}.")
 
 
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and (
+        bool(np.isfinite(value))
+    )
+
+
+def _finite_number(section: str, name: str, value: Any, low: float, *, strict: bool, note: str = "") -> None:
+    """Refuses anything but a finite number > ``low`` (``strict``) or >= ``low``: inf, nan, a bool, a string."""
+    if not (_is_finite_number(value) and (value > low if strict else value >= low)):
+        raise ValueError(
+            f"config.{section}.{name}={value!r} must be a finite number {'>' if strict else '>='} {low}{note}."
+        )
+
+
+def _fraction(section: str, name: str, value: Any, what: str) -> None:
+    """Refuses anything but a finite number in [0, 1)."""
+    if not (_is_finite_number(value) and 0 <= value < 1):
+        raise ValueError(f"config.{section}.{name}={value!r} must be in [0, 1) ({what}).")
+
+
+def _check_gate(gate: Any) -> None:
+    """``config.prune.gate``: GateConfig's fields, every number finite, checked by GateConfig itself."""
+    fields = dict(gate)
+    for name, value in fields.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isfinite(value):
+            raise ValueError(f"config.prune.gate.{name}={value!r} must be a finite number.")
+    try:
+        GateConfig(**fields)
+    except TypeError as e:
+        accepted = [f.name for f in dataclasses.fields(GateConfig)]
+        unknown = sorted(set(fields) - set(accepted))
+        raise ValueError(f"config.prune.gate has unknown field(s) {unknown}; GateConfig's fields: {accepted}.") from e
+    except ValueError as e:
+        raise ValueError(f"config.prune.gate: {e}") from e
+
+
 def validate(config: Any) -> None:
     """Raises a ValueError naming the first bad field; touches no file and no device."""
     missing = [s for s in SECTIONS if s not in config]
@@ -48,11 +85,16 @@ def validate(config: Any) -> None:
     if o.schedule not in SCHEDULES:
         raise ValueError(f"config.optim.schedule={o.schedule!r} is not a schedule; accepted: {list(SCHEDULES)}.")
     for name in ("learning_rate", "gate_learning_rate", "lambda_learning_rate"):
-        if not o[name] > 0:
-            raise ValueError(f"config.optim.{name}={o[name]!r} must be > 0.")
+        _finite_number("optim", name, o[name], 0, strict=True)
     _positive_int("optim", "warmup_steps", o.warmup_steps, minimum=0)
-    if not 0 <= p.target < 1:
-        raise ValueError(f"config.prune.target={p.target!r} must be in [0, 1).")
+    if "clip_norm" in o:
+        _finite_number("optim", "clip_norm", o.clip_norm, 0, strict=False, note=" (0 disables clipping)")
+    if "weight_decay" in o:
+        _finite_number("optim", "weight_decay", o.weight_decay, 0, strict=False)
+    for name in ("dropout", "attention_dropout", "dropatt"):
+        if name in config.model:
+            _fraction("model", name, config.model[name], "the probability of dropping a unit")
+    _fraction("prune", "target", p.target, "the target sparsity")
     _positive_int("prune", "target_warmup", p.target_warmup, minimum=0)
     if sparsity_basis(config) not in BASES:
         raise ValueError(f"config.prune.basis={p.basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
@@ -66,8 +108,9 @@ def validate(config: Any) -> None:
                 f"config.prune.gate_range={r!r} must be (low, high) finite with low <= high: the log_alpha of a "
                 "zero and of the largest singular component (e.g. (2.5, 8.0))."
             )
-    if not p.best_tolerance >= 0:
-        raise ValueError(f"config.prune.best_tolerance={p.best_tolerance!r} must be >= 0.")
+    _finite_number("prune", "best_tolerance", p.best_tolerance, 0, strict=False)
+    if p.enabled and "gate" in p:
+        _check_gate(p.gate)
 
 
 def plan_from_config(config: Any) -> Plan:

@@ -137,6 +137,21 @@ def _encode(tokenizer: WordPieceTokenizer, split: tuple, max_length: int) -> dic
     return arrays
 
 
+def _check_examples(train: dict[str, np.ndarray], dev: dict[str, np.ndarray], batch_size: int, subset: int) -> None:
+    """Refuses a train split that fills no batch (the batcher drops a partial one) or an empty dev split."""
+    n_train, n_dev = len(train["label"]), len(dev["label"])
+    if n_train == 0:
+        raise ValueError("the train split has no examples; training needs at least config.train.batch_size.")
+    if n_train < batch_size:
+        kept = f" (config.data.train_subset={subset} keeps them)" if subset == n_train else ""
+        raise ValueError(
+            f"the train split has {n_train:,} examples{kept}, too few for one batch of "
+            f"config.train.batch_size={batch_size}; use more examples or a batch_size <= {n_train:,}."
+        )
+    if n_dev == 0:
+        raise ValueError("the dev split has no examples; evaluation needs at least one.")
+
+
 def build_glue_task(config: Any, mesh: Any) -> GlueTask:
     """Loads the GLUE task, tokenizes it, reads the checkpoint and builds the model of ``config``.
 
@@ -146,7 +161,8 @@ def build_glue_task(config: Any, mesh: Any) -> GlueTask:
     ``config.model.factorized``, the ungated factorized one).
 
     Raises:
-      ValueError / FileNotFoundError: unknown task, missing data or checkpoint.
+      ValueError / FileNotFoundError: unknown task, missing data or checkpoint, fewer training examples
+        than ``config.train.batch_size``, or no dev example.
     """
     d, m = config.data, config.model
     task = get_task(d.task)
@@ -167,6 +183,7 @@ def build_glue_task(config: Any, mesh: Any) -> GlueTask:
     if subset and subset < len(train["label"]):
         keep = np.sort(np.random.default_rng(d.get("subset_seed", 0)).permutation(len(train["label"]))[:subset])
         train = {k: v[keep] for k, v in train.items()}
+    _check_examples(train, dev, config.train.batch_size, subset)
     prune = bool(config.prune.enabled)
     overrides = {k: m[k] for k in ("dropout", "attention_dropout") if k in m}
     bert_config, encoder = load_hf_bert(folder, num_labels=task.num_labels, **overrides)

@@ -21,11 +21,19 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from flaxprune.data.batching import StreamBatcher, batchify
+from flaxprune.data.batching import StreamBatcher, batchify, num_segments
 from flaxprune.training import sharding
 from flaxprune.training.config import batch_sizes, plan_from_config
 
-__all__ = ["LOG2E", "Evaluator", "LanguageModelingTask", "build_lm_task", "make_eval_step", "token_nll"]
+__all__ = [
+    "LOG2E",
+    "Evaluator",
+    "LanguageModelingTask",
+    "build_lm_task",
+    "check_corpus_fits",
+    "make_eval_step",
+    "token_nll",
+]
 
 LOG2E = 1.4426950408889634  # bits per nat
 
@@ -167,11 +175,42 @@ class LanguageModelingTask:
         return dataclasses.replace(self, model=model, model_config=model_config)
 
 
+def check_corpus_fits(corpus: Any, train: Any) -> None:
+    """Refuses a split too small for the batches the run reads from it, before the run writes anything.
+
+    Training walks ``batch_size`` streams ``seq_len`` tokens at a time (:class:`StreamBatcher`): one
+    batch needs ``num_segments(n, batch_size, seq_len) >= 1``, i.e. ``n >= batch_size * seq_len + 1``
+    tokens (each input has a next token). The valid and test splits are read the same way by
+    ``eval_batch_size`` streams (:class:`Evaluator`, after ``finalize`` the test split too): each stream
+    must hold at least one whole segment, ``n >= eval_batch_size * seq_len + 1``, or the score would
+    rest on a few tokens (none, for ``n <= eval_batch_size``).
+
+    Args:
+      corpus: a :class:`~flaxprune.data.corpus.Corpus` (``train``, ``valid``, ``test`` token arrays).
+      train: ``config.train`` (``batch_size``, ``eval_batch_size``, ``seq_len``).
+
+    Raises:
+      ValueError: naming the split, its size in tokens and what the batch sizes need.
+    """
+    seq_len = train.seq_len
+    reads = [("train", train.batch_size, "config.train.batch_size", "a training batch")]
+    reads += [(s, train.eval_batch_size, "config.train.eval_batch_size", "an evaluation") for s in ("valid", "test")]
+    for split, batch, name, what in reads:
+        n = len(getattr(corpus, split))
+        if num_segments(n, batch, seq_len) < 1:
+            raise ValueError(
+                f"the {split} split has {n:,} tokens, too few for {what}: {name}={batch} streams of "
+                f"config.train.seq_len={seq_len} tokens, each with its next token, need at least {batch} x "
+                f"{seq_len} + 1 = {batch * seq_len + 1:,}. Use more data, or lower {name} or config.train.seq_len."
+            )
+
+
 def build_lm_task(config: Any, mesh: Mesh) -> LanguageModelingTask:
     """The language-modeling task of an experiment config: its corpus loaded, its model built.
 
     Raises:
-      ValueError: for an unknown corpus or model field; FileNotFoundError for missing data.
+      ValueError: for an unknown corpus or model field, or a split too small for the batches
+        (:func:`check_corpus_fits`); FileNotFoundError for missing data.
     """
     from flaxprune.data.corpus import load_corpus  # tfds: imported when a corpus is needed
     from flaxprune.models import build_model
@@ -179,6 +218,7 @@ def build_lm_task(config: Any, mesh: Mesh) -> LanguageModelingTask:
     data = {k: v for k, v in dict(config.data).items() if v is not None}
     data["data_dir"] = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
     corpus = load_corpus(**data)
+    check_corpus_fits(corpus, config.train)
     fields = dict(config.model)
     name = fields.pop("name")
     model, model_config = build_model(

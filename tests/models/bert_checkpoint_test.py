@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 
 import chex
 import jax
@@ -197,3 +198,36 @@ def test_real_minilm_loads():
     hidden, pooled = encoder_fn(cfg)(params, ids, np.zeros_like(ids), (ids != 0).astype(np.int32))
     chex.assert_shape([hidden, pooled], [(2, 5, 384), (2, 384)])
     chex.assert_tree_all_finite((hidden, pooled))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_tensor_is_named_with_its_count(bad, tmp_path):
+    tensors = torch_tensors()
+    tensors["encoder.layer.1.attention.self.key.weight"][0, :3] = bad  # 3 of its 64 values
+    tensors["pooler.dense.weight"][0, 0] = np.nan  # a later tensor: the first bad one in load order is named
+    folder = write_folder(tmp_path, tensors)
+    match = (
+        r"tensor 'encoder\.layer\.1\.attention\.self\.key\.weight' in "
+        + re.escape(str(folder / "model.safetensors"))
+        + r" holds 3 non-finite value\(s\) \(NaN or inf\) of 64"
+    )
+    with pytest.raises(ValueError, match=match):
+        load_hf_bert(folder)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 100, 0.5, 0.99])
+def test_a_truncated_safetensors_file_is_named(keep, tmp_path):
+    folder = write_folder(tmp_path)
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match=re.escape(f"cannot read {path} (") + r".*looks truncated or corrupt"):
+        load_hf_bert(folder)
+
+
+@pytest.mark.parametrize("text,match", [('{"hidden_size": 8', "is not valid JSON"), ("[1, 2]", "holds a list")])
+def test_a_broken_config_json_is_named(text, match, tmp_path):
+    folder = write_folder(tmp_path)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(folder / "config.json")) + ".*" + match):
+        load_hf_bert(folder)

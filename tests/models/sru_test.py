@@ -333,3 +333,27 @@ def test_shrunk_model_equals_gated_model(changes, cut):
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"{field}={value!r}"):
         dataclasses.replace(TINY, **{field: value})
+
+
+@pytest.mark.parametrize(
+    "fields,top",
+    [
+        (dict(d_model=32, n_layers=2, rank=1000), 32),  # layers 1..: W [32, 96]
+        (dict(d_model=8, n_layers=2, rank=9), 8),
+        (dict(vocab_size=11, d_model=8, embed_dim=5, input_gated_first=False, rank=6), 5),  # layer 0: W [5, 32]
+    ],
+)
+def test_a_rank_above_min_in_out_of_the_factorized_w_is_refused(fields, top):
+    with pytest.raises(ValueError, match=rf"SRUConfig: rank={fields['rank']} must be None .* integer in \[1, {top}\]"):
+        SRUConfig(**fields)
+    assert SRUConfig(**{**fields, "rank": top}).rank == top  # the largest accepted rank
+
+
+def test_a_rank_at_the_limit_builds_p_and_q_of_that_rank():
+    model = SRULanguageModel(SRUConfig(vocab_size=11, d_model=8, n_layers=2, rank=8))
+    params = jax.eval_shape(model.init, jax.random.key(0), TOKENS, model.initial_carry(BATCH))["params"]
+    assert params["layers_1"]["W"]["P"].shape == (8, 8)
+
+
+def test_rank_is_unchecked_where_nothing_is_factorized():
+    assert SRUConfig(d_model=8, n_layers=1, rank=100).max_rank is None  # one input-gated layer: rank unused

@@ -308,3 +308,20 @@ def test_bad_inputs_raise():
         MODEL.apply({"params": PARAMS}, TOKENS[:1, :SEG], carry)
     with pytest.raises(ValueError, match="batch_size"):
         MODEL.initial_carry(0)
+
+
+@pytest.mark.parametrize(
+    "fields,top",
+    [
+        (dict(d_model=32, n_heads=2, d_head=16, d_inner=64), 32),  # d_model is the least side
+        (dict(d_model=32, n_heads=2, d_head=8, d_inner=64), 16),  # r: [32, 16], o: [16, 32]
+        (dict(d_model=32, n_heads=2, d_head=16, d_inner=24), 24),  # ff_in: [32, 24]
+    ],
+)
+def test_a_rank_above_min_in_out_of_every_projection_is_refused(fields, top):
+    match = rf"TransformerXLConfig: rank={top + 1} must be None .* = \[1, {top}\]: every projection"
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY, **fields, rank=top + 1)
+    with pytest.raises(ValueError, match=r"rank=1000 must be None"):
+        dataclasses.replace(TINY, **fields, rank=1000)
+    assert dataclasses.replace(TINY, **fields, rank=top).max_rank == top
