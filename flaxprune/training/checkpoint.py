@@ -40,11 +40,14 @@ from flaxprune.models import CONFIG_CLASSES, model_for
 from flaxprune.serialization import config_from_json, config_to_json
 
 __all__ = [
+    "META_CHECKSUM_KEY",
     "CheckpointStore",
     "DamagedCheckpointError",
     "array_checksums",
     "check_output",
+    "is_interrupted_write",
     "is_reduced_model",
+    "meta_checksum",
     "load_reduced",
     "model_config_from_json",
     "read_latest",
@@ -54,6 +57,8 @@ __all__ = [
 
 REDUCED_MARKER = "flaxprune_reduced.json"  # in a reduced model's folder: what wrote it
 CHECKSUMS_KEY = "array_sha256"  # in every checkpoint's JSON meta: leaf path -> SHA-256 of the array
+META_CHECKSUM_KEY = "meta_sha256"  # and the SHA-256 of the rest of the meta (data position, model config, ...)
+ORBAX_TMP = ".orbax-checkpoint-tmp"  # in the name of a step orbax had not finished writing
 
 
 class DamagedCheckpointError(ValueError):
@@ -93,7 +98,20 @@ def array_checksums(tree: Any) -> dict[str, str]:
     return out
 
 
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's JSON meta, without its own checksum (keys sorted)."""
+    body = {k: v for k, v in meta.items() if k != META_CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _check_meta(directory: pathlib.Path, step: int, meta: dict[str, Any]) -> None:
+    saved = meta.get(META_CHECKSUM_KEY)
+    if saved is not None and saved != meta_checksum(meta):
+        raise DamagedCheckpointError(directory, step, "its JSON metadata does not match its saved checksum")
+
+
 def _check_checksums(directory: pathlib.Path, step: int, tree: Any, meta: dict[str, Any]) -> None:
+    _check_meta(directory, step, meta)
     saved = meta.get(CHECKSUMS_KEY)
     if saved is None:
         return  # written before checksums existed: nothing to compare
@@ -105,8 +123,10 @@ def _check_checksums(directory: pathlib.Path, step: int, tree: Any, meta: dict[s
 
 
 def _reason(error: Exception) -> str:
+    """The error's first line (tensorstore puts the useful part first, and a long tail after)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1][:300] if lines else '(no message)'}"
+    first = lines[0][:300] if lines else "(no message)"
+    return f"{type(error).__name__}: {first}{' ...' if len(lines) > 1 else ''}"
 
 
 class CheckpointStore:
@@ -148,6 +168,7 @@ class CheckpointStore:
             earlier checkpoints stay intact).
         """
         meta = {**meta, CHECKSUMS_KEY: array_checksums(state)}
+        meta[META_CHECKSUM_KEY] = meta_checksum(meta)
         if step in self._manager.all_steps():
             self._manager.delete(step)
         try:
@@ -178,9 +199,11 @@ class CheckpointStore:
         step = self.latest_step() if step is None else step
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            return dict(out["meta"])
         except Exception as e:  # orbax, tensorstore and json all have their own errors for a broken file
             raise DamagedCheckpointError(self.directory, step, _reason(e)) from e
+        meta = dict(out["meta"])
+        _check_meta(self.directory, step, meta)
+        return meta
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores ``(state, meta)`` and verifies every array; ``abstract_state`` carries shapes, dtypes, shardings.
@@ -280,6 +303,7 @@ def read_latest(
                     log(f"{e}; skipped, using step {step}.")
                 meta = dict(out["meta"]) if with_meta else {}
                 meta.pop(CHECKSUMS_KEY, None)
+                meta.pop(META_CHECKSUM_KEY, None)
                 return out["state"], meta, int(step)
     finally:
         manager.close()
@@ -328,6 +352,12 @@ def is_reduced_model(directory: str | pathlib.Path) -> bool:
         return False
 
 
+def is_interrupted_write(directory: str | pathlib.Path) -> bool:
+    """Whether ``directory`` holds only steps orbax had not finished writing (a save killed midway)."""
+    entries = list(pathlib.Path(directory).iterdir())
+    return bool(entries) and all(ORBAX_TMP in p.name for p in entries)
+
+
 def check_output(directory: str | pathlib.Path, overwrite: bool = False) -> None:
     """Refuses an output folder a reduced model may not be written to; writes nothing.
 
@@ -346,6 +376,8 @@ def check_output(directory: str | pathlib.Path, overwrite: bool = False) -> None
     entries = sorted(p.name for p in directory.iterdir())
     if not entries:
         return
+    if overwrite and is_interrupted_write(directory):
+        return  # a reduced model whose save was killed midway: the run rewrites its own
     if not is_reduced_model(directory):
         shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
         raise FileExistsError(
@@ -373,7 +405,7 @@ def save_reduced(directory: str | pathlib.Path, params: Any, config: Any, overwr
     target = directory
     if directory.exists() and any(directory.iterdir()):  # an earlier reduced model: write beside it, then swap
         target = directory.with_name(f"{directory.name}.new")
-        if target.exists() and is_reduced_model(target):
+        if target.exists() and (is_reduced_model(target) or is_interrupted_write(target)):
             shutil.rmtree(target)  # our own leftover from an interrupted overwrite
     store = CheckpointStore(target, keep=1)
     store.save(0, jax.device_get(params), {"model_config": config_to_json(config)})

@@ -34,6 +34,7 @@ from flaxprune.training import sharding
 from flaxprune.training.checkpoint import (
     CheckpointStore,
     DamagedCheckpointError,
+    is_interrupted_write,
     is_reduced_model,
     model_config_from_json,
 )
@@ -120,7 +121,10 @@ def _check_workdir(workdir: pathlib.Path) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise NotADirectoryError(f"workdir {workdir} is a file; --workdir is a run directory (new, or a run's).")
     reduced = RunFiles(workdir).reduced
-    if reduced.exists() and not (reduced.is_dir() and (not any(reduced.iterdir()) or is_reduced_model(reduced))):
+    ours = reduced.is_dir() and (
+        not any(reduced.iterdir()) or is_reduced_model(reduced) or is_interrupted_write(reduced)
+    )
+    if reduced.exists() and not ours:
         raise FileExistsError(
             f"{reduced} holds something other than this run's reduced model; the run writes its reduced model "
             "there at the end. Move it away, or use another --workdir."

@@ -184,3 +184,23 @@ def test_save_reduced_refuses_foreign_or_existing_output(tmp_path):
     state, _, _ = read_latest(tmp_path / "out")
     assert float(state["dense"]["kernel"][0, 0]) == 0.0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out"]  # no leftovers
+
+
+def test_a_changed_value_in_the_json_meta_is_caught(tmp_path):
+    store = _store_with_steps(tmp_path / "c")
+    meta_file = tmp_path / "c" / "3" / "meta" / "metadata"
+    meta_file.write_text(meta_file.read_text().replace('"step": 3', '"step": 4'))  # valid JSON, wrong value
+    with pytest.raises(DamagedCheckpointError, match="step 3 .* its JSON metadata does not match its saved checksum"):
+        store.read_meta(3)
+    target = {"w": jax.ShapeDtypeStruct((64,), np.float32), "b": {"x": jax.ShapeDtypeStruct((4,), np.float64)}}
+    _, meta = store.restore_intact(target, lambda _: None)
+    assert meta["step"] == 2
+    store.close()
+
+
+def test_an_interrupted_reduced_write_is_replaced_only_when_overwriting(tmp_path):
+    (tmp_path / "out" / "0.orbax-checkpoint-tmp-123").mkdir(parents=True)  # a save killed midway
+    with pytest.raises(FileExistsError, match="is not a flaxprune reduced model"):
+        check_output(tmp_path / "out")
+    save_reduced(tmp_path / "out", {"dense": {"kernel": np.ones((2, 2), np.float32)}}, fp.Plan(), overwrite=True)
+    assert is_reduced_model(tmp_path / "out") and not (tmp_path / "out" / "0.orbax-checkpoint-tmp-123").exists()

@@ -18,7 +18,13 @@ from tiny_runs import tiny_lm_config
 import flaxprune as fp
 from flaxprune.models import SRUConfig, SRULanguageModel
 from flaxprune.training import loop, runs
-from flaxprune.training.checkpoint import CheckpointStore, load_reduced, save_reduced
+from flaxprune.training.checkpoint import (
+    META_CHECKSUM_KEY,
+    CheckpointStore,
+    load_reduced,
+    meta_checksum,
+    save_reduced,
+)
 from flaxprune.training.run_dir import RunFiles
 
 
@@ -36,6 +42,7 @@ def _craft(directory, text):
     meta_file = step / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta["model_config"] = text
+    meta[META_CHECKSUM_KEY] = meta_checksum(meta)  # a checksum is no signature: the attacker recomputes it
     meta_file.write_text(json.dumps(meta))
 
 
