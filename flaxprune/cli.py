@@ -37,13 +37,23 @@ _SPLIT = flags.DEFINE_enum("split", "valid", ["valid", "test"], "The split to ev
 _REDUCED = flags.DEFINE_bool("reduced", False, "Evaluate the run's reduced model instead of its newest checkpoint.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to save the reduced model.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run directory or a reduced-model directory.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an earlier reduced model in --output (anything else there is never replaced)."
+)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a run whose saved config.json differs from --config outside the model; the change is recorded in "
+    "the run's config_history.jsonl. Without it such a resume is refused, naming the changed fields.",
+)
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "On an error, show the full Python traceback instead of one line (or set FLAXPRUNE_DEBUG=1)."
 )
 
 DEBUG_ENV = "FLAXPRUNE_DEBUG"  # set to 1 (any value but '', 0, false, no): the same as --debug
 # What a command raises for a bad input (a missing file, a bad config field, data too small, a non-finite loss:
-# flaxprune.training.loop.NonFiniteLossError is a FloatingPointError); main prints it as one line.
+# flaxprune.training.loop.NonFiniteLossError is a FloatingPointError; a workdir in use and a damaged checkpoint
+# are an OSError and a ValueError); main prints it as one line.
 COMMAND_ERRORS = (ValueError, OSError, FloatingPointError)
 
 # Recognised anywhere among a command's arguments (before a bare ``--``); absl's own help flags are not
@@ -63,7 +73,7 @@ def train_main() -> dict:
     """``flaxprune train`` / ``experiments/main.py``: trains or resumes a run; prints its summary as JSON."""
     from flaxprune.training.loop import train
 
-    result = train(_CONFIG.value, _WORKDIR.value)
+    result = train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=1))
     return result
 
@@ -82,7 +92,7 @@ def shrink_main() -> None:
     """``flaxprune shrink``: a run's newest checkpoint -> a reduced-model checkpoint."""
     from flaxprune.training import runs
 
-    before, after = runs.shrink_run(_WORKDIR.value, _OUTPUT.value)
+    before, after = runs.shrink_run(_WORKDIR.value, _OUTPUT.value, overwrite=_OVERWRITE.value)
     print(f"params {before:,} -> {after:,}; reduced model saved in {_OUTPUT.value}")
 
 
@@ -182,7 +192,12 @@ COMMANDS: dict[str, Command] = {
             name="train",
             summary="Train a FLOP run, or resume it from the newest checkpoint in --workdir.",
             run=train_main,
-            args=(Arg(_CONFIG, "FILE", required=True), Arg(_WORKDIR, "DIR", required=True), *COMMON_ARGS),
+            args=(
+                Arg(_CONFIG, "FILE", required=True),
+                Arg(_WORKDIR, "DIR", required=True),
+                Arg(_ALLOW_CONFIG_CHANGE),
+                *COMMON_ARGS,
+            ),
             usage_tail="[--config.SECTION.FIELD=VALUE ...]",
             notes=_TRAIN_NOTES,
             examples=(
@@ -205,8 +220,16 @@ COMMANDS: dict[str, Command] = {
             name="shrink",
             summary="Cut a run's newest checkpoint down to a reduced model (pruned ranks removed) and save it.",
             run=shrink_main,
-            args=(Arg(_WORKDIR, "DIR", required=True), Arg(_OUTPUT, "DIR", required=True), *COMMON_ARGS),
-            examples=("flaxprune shrink --workdir=/tmp/run --output=/tmp/run_small",),
+            args=(
+                Arg(_WORKDIR, "DIR", required=True),
+                Arg(_OUTPUT, "DIR", required=True),
+                Arg(_OVERWRITE),
+                *COMMON_ARGS,
+            ),
+            examples=(
+                "flaxprune shrink --workdir=/tmp/run --output=/tmp/run_small",
+                "flaxprune shrink --workdir=/tmp/run --output=/tmp/run_small --overwrite",
+            ),
         ),
         Command(
             name="report",

@@ -257,3 +257,31 @@ def test_an_unknown_config_key_is_one_clean_line(override, message, tmp_path, ca
     assert cli.main(["train", f"--config={CONFIG_FILE}", f"--workdir={tmp_path}", override]) == 2
     err = capsys.readouterr().err
     assert err == f"flaxprune train: {message}; the config file lists the accepted keys.\n", err
+
+
+def test_shrink_overwrite_and_train_allow_config_change_reach_the_library(tmp_path, monkeypatch, capsys):
+    from flaxprune.training import loop, runs
+
+    seen = {}
+    monkeypatch.setattr(runs, "shrink_run", lambda w, o, overwrite=False: seen.update(shrink=overwrite) or (2, 1))
+    monkeypatch.setattr(loop, "train", lambda c, w, allow_config_change=False: seen.update(train=allow_config_change)
+                        or {"status": "done"})
+    config = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "sru_small.py"
+    assert cli.main(["shrink", f"--workdir={tmp_path}", f"--output={tmp_path / 'o'}", "--overwrite"]) == 0
+    assert cli.main(["train", f"--config={config}", f"--workdir={tmp_path / 'w'}", "--allow_config_change"]) == 0
+    assert seen == {"shrink": True, "train": True}
+    assert cli.main(["shrink", f"--workdir={tmp_path}", f"--output={tmp_path / 'o'}"]) == 0
+    assert seen["shrink"] is False
+
+
+def test_a_workdir_in_use_is_one_line(tmp_path, capsys):
+    from flaxprune.training.run_dir import RunLock
+
+    config = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "sru_small.py"
+    with RunLock(tmp_path):
+        tiny = ["--config.train.steps=2", "--config.train.seq_len=16", "--config.train.batch_size=4",
+                "--config.train.eval_batch_size=2", "--config.model.d_model=16", "--config.model.rank=4",
+                f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.max_bytes=20000"]
+        status = cli.main(["train", f"--config={config}", f"--workdir={tmp_path}", *tiny])
+    err = capsys.readouterr().err
+    assert status == 1 and "is in use by process" in err and "Traceback" not in err, err

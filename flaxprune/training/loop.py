@@ -145,7 +145,7 @@ def _check_config_change(workdir: pathlib.Path, config: Any, allow: bool) -> dic
         raise ValueError(
             f"{workdir} holds a run of another config; resuming with this one would change "
             f"{format_changes(changes)}. Rerun with the config that made it, use another --workdir, or pass "
-            "--allow-config-change (allow_config_change=True) to continue with the change, recorded in "
+            "--allow_config_change (allow_config_change=True) to continue with the change, recorded in "
             f"{RunFiles(workdir).config_history.name}."
         )
     return changes

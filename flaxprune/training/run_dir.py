@@ -76,8 +76,8 @@ class RunFiles:
         return self.workdir / "config_history.jsonl"
 
 
-class WorkdirInUseError(RuntimeError):
-    """Another live process holds the run directory's lock."""
+class WorkdirInUseError(OSError):
+    """Another live process holds the run directory's lock (the directory is busy, as EBUSY says of a device)."""
 
 
 def _pid_alive(pid: int) -> bool:
