@@ -69,7 +69,8 @@ def test_a_changed_config_is_refused_or_recorded(tmp_path, data_dir):
         loop.train(cfg, tmp_path, on_step=_crash_at(5), log=lambda _: None, progress=False)
     changed = tiny_lm_config(**{"data.data_dir": data_dir, "prune.target": 0.9, "train.steps": 8})
     saved = RunFiles(tmp_path).config.read_text()
-    with pytest.raises(ValueError, match=r"would change prune.target 0.5 -> 0.9, train.steps 12 -> 8\. .*--allow_config"):
+    refused = r"would change prune.target 0.5 -> 0.9, train.steps 12 -> 8\. .*--allow_config"
+    with pytest.raises(ValueError, match=refused):
         loop.train(changed, tmp_path, log=lambda _: None, progress=False)
     assert RunFiles(tmp_path).config.read_text() == saved  # nothing overwritten
     logs = []
