@@ -282,6 +282,8 @@ def _parse_flags(command: Command, args: list[str]) -> None:
     logging.get_absl_logger().addFilter(quiet)
     try:
         FLAGS.unparse_flags()  # FLAGS is global: forget the previous parse (tests call main many times)
+        for name in [n for n in FLAGS if n.startswith(f"{_CONFIG.name}.")]:
+            delattr(FLAGS, name)  # config_flags defines a flag per --config.x override; a second parse would clash
         positional = FLAGS(argv)[1:]
     except Exception as e:  # a config file can raise anything: _usage_error sorts it out
         usage = _usage_error(command, args, e)

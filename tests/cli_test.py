@@ -279,6 +279,8 @@ def test_a_workdir_in_use_is_one_line(tmp_path, capsys):
 
     config = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "sru_small.py"
     with RunLock(tmp_path):
+        assert cli.main(["train", f"--config={config}", f"--workdir={tmp_path}", "--config.train.steps=2"]) == 1
+        capsys.readouterr()  # the same override twice in one process: no clash of config_flags' flags
         tiny = ["--config.train.steps=2", "--config.train.seq_len=16", "--config.train.batch_size=4",
                 "--config.train.eval_batch_size=2", "--config.model.d_model=16", "--config.model.rank=4",
                 f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.max_bytes=20000"]
