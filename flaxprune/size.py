@@ -37,8 +37,9 @@ its config (a dataclass with a ``plan`` field) or the plan's ``GateConfig``.
 There is no default, since the eval mask (``'flop'`` or ``'clip'``) decides
 which gates the hard count keeps, and a default that differs from the
 model's would count what :func:`~flaxprune.shrink` does not cut. A gate
-holding NaN or inf makes the sparsity NaN (these run under ``jit``, where
-nothing can raise), never a plausible number.
+holding NaN makes the sparsity NaN, and the hard sparsity is NaN for an
+infinite gate too (these run under ``jit``, where nothing can raise), never
+a plausible number.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def expected_params(params: Mapping[str, Any], gate: GateSource) -> jax.Array:
         ``plan`` field) or the plan's ``GateConfig``.
 
     Returns:
-      A float scalar; NaN where a gate holds NaN or inf.
+      A float scalar; NaN where a gate holds NaN (an infinite gate counts as surely open or shut).
 
     Raises:
       ValueError: for a ``gate`` that is none of these, or params without gates.
@@ -172,7 +173,7 @@ def expected_params(params: Mapping[str, Any], gate: GateSource) -> jax.Array:
     cfg = gate_of(gate, "expected_params")
     groups = _groups_or_raise(params, "expected_params")
     kept = sum(g.cost_per_gate * jnp.sum(prob_nonzero(g.log_alpha, cfg)) for _, g in groups)
-    return jnp.where(_all_finite(groups), kept, jnp.nan)
+    return kept  # a NaN gate gives NaN through prob_nonzero; no select here, which would change XLA's fusion
 
 
 def hard_params(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
@@ -206,7 +207,7 @@ def hard_params(params: Mapping[str, Any], gate: GateSource, basis: str = "facto
 def expected_sparsity(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
     """``1 - expected_params / prunable_params(basis)``; differentiable in every ``log_alpha``.
 
-    ``gate`` as in :func:`expected_params`; NaN where a gate holds NaN or inf.
+    ``gate`` as in :func:`expected_params`; NaN where a gate holds NaN.
     """
     cfg = gate_of(gate, "expected_sparsity")
     _check_basis(basis, "expected_sparsity")
