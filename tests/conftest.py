@@ -17,7 +17,15 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: end-to-end (a training run, a built wheel, a script); skipped by make test-fast")
+    config.addinivalue_line(
+        "markers", "e2e: end-to-end (a training run, a built wheel, a script); skipped by make test-fast"
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tfds data dir shared by a test module's tiny runs (each corpus is prepared once per module)."""
+    return str(tmp_path_factory.mktemp("tfds"))
 
 
 @pytest.fixture

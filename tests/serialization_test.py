@@ -68,7 +68,7 @@ def test_every_model_config_round_trips_through_the_allow_list():
 
 def test_saved_config_without_a_newer_field_still_matches():
     # A checkpoint written before GateConfig.eval_mask existed resumes: the field takes its default.
-    from flaxprune.training.loop import same_model_config
+    from flaxprune.training.workdir_checks import same_model_config
 
     cfg = fp.Plan(gate=fp.GateConfig(beta=2 / 3)).with_specs({"a": fp.FactorizedSpec(rank=3)})
     tree = json.loads(config_to_json(cfg))

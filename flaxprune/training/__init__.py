@@ -16,7 +16,7 @@ The pieces, one concept a file:
 * ``checkpoint``: the only code that uses orbax, checksummed and allow-listed:
   :class:`CheckpointStore`, :func:`save_reduced`, :func:`load_reduced`;
   ``run_dir``: the run directory's files (:class:`RunFiles`), its lock and
-  its config history;
+  its config history; ``workdir_checks``: what a resume checks first;
 * ``finalize``: the end of a run (shrink, reload, evaluate, time); ``runs``:
   evaluate, shrink and report a run directory (the ``flaxprune`` command);
 * ``config``: config validation and the learning-rate schedules;

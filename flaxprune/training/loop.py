@@ -27,26 +27,21 @@ import numpy as np
 from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
-from flaxprune.serialization import config_to_json, to_tree
+from flaxprune.serialization import config_to_json
 from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
-from flaxprune.training.checkpoint import (
-    CheckpointStore,
-    DamagedCheckpointError,
-    is_interrupted_write,
-    is_reduced_model,
-    model_config_from_json,
-)
-from flaxprune.training.run_dir import RunFiles, RunLock, config_changes, format_changes, record_config_change
+from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointError
 from flaxprune.training.config import learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
+from flaxprune.training.run_dir import RunFiles, RunLock, format_changes, record_config_change
 from flaxprune.training.state import TrainState, abstract_target, initial_state_fn, state_shardings
 from flaxprune.training.steps import make_train_step
 from flaxprune.training.task import build_task
+from flaxprune.training.workdir_checks import check_config_change, check_existing_checkpoint, check_workdir
 
-__all__ = ["NonFiniteLossError", "Run", "prepare", "same_model_config", "train"]
+__all__ = ["NonFiniteLossError", "Run", "prepare", "train"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,7 +95,7 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
     """
     validate(config)
     workdir = pathlib.Path(workdir)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     sharding.initialize_distributed()
     mesh = sharding.make_mesh(config.train.num_devices or None)
     sharding.check_divisible("config.train.batch_size", config.train.batch_size, mesh)
@@ -108,47 +103,12 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
     task = build_task(config, mesh)
     model_json = config_to_json(task.model_config)
     changes = {}
-    if _check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config):
-        changes = _check_config_change(workdir, config, allow_config_change)
+    if check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config):
+        changes = check_config_change(workdir, config, allow_config_change)
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
     tx = _optimizer(config.optim, lr_fn)
     target_fn = _target_fn(config, task)
     return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes)
-
-
-def _check_workdir(workdir: pathlib.Path) -> None:
-    """Refuses a workdir that is a file, or whose ``reduced/`` holds something the run did not write."""
-    if workdir.exists() and not workdir.is_dir():
-        raise NotADirectoryError(f"workdir {workdir} is a file; --workdir is a run directory (new, or a run's).")
-    reduced = RunFiles(workdir).reduced
-    ours = reduced.is_dir() and (
-        not any(reduced.iterdir()) or is_reduced_model(reduced) or is_interrupted_write(reduced)
-    )
-    if reduced.exists() and not ours:
-        raise FileExistsError(
-            f"{reduced} holds something other than this run's reduced model; the run writes its reduced model "
-            "there at the end. Move it away, or use another --workdir."
-        )
-
-
-def _check_config_change(workdir: pathlib.Path, config: Any, allow: bool) -> dict[str, tuple[Any, Any]]:
-    """The changes from the run's ``config.json`` on a resume: refused unless ``allow``."""
-    saved = RunFiles(workdir).config
-    if not saved.is_file():
-        return {}
-    try:
-        old = json.loads(saved.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{saved} is not valid JSON ({e}); restore it, or use another --workdir.") from None
-    changes = config_changes(old, json.loads(config.to_json_best_effort()))
-    if changes and not allow:
-        raise ValueError(
-            f"{workdir} holds a run of another config; resuming with this one would change "
-            f"{format_changes(changes)}. Rerun with the config that made it, use another --workdir, or pass "
-            "--allow_config_change (allow_config_change=True) to continue with the change, recorded in "
-            f"{RunFiles(workdir).config_history.name}."
-        )
-    return changes
 
 
 def _optimizer(optim: Any, lr_fn: Callable) -> Any:
@@ -172,59 +132,6 @@ def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     shapes = jax.eval_shape(task.init_params, jax.random.key(0))
     start = open_sparsity(shapes, sparsity_basis(config))
     return target_schedule(config.prune.target, config.prune.target_warmup, start=start)
-
-
-def _check_existing_checkpoint(ckpt_dir: pathlib.Path, config: Any, model_config: Any) -> bool:
-    """Whether ``ckpt_dir`` holds a checkpoint; refuses one of another model (a resume must rebuild the same shapes).
-
-    The model config is read from the newest checkpoint whose metadata reads
-    (a damaged one is reported when the run restores it).
-    """
-    if not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
-        return False
-    store = CheckpointStore(ckpt_dir, config.train.keep_checkpoints)
-    try:
-        saved = None
-        for step in store.steps():
-            try:
-                saved = store.read_meta(step)["model_config"]
-                break
-            except (DamagedCheckpointError, KeyError):
-                continue
-        if not store.steps():
-            return False
-    finally:
-        store.close()
-    if saved is not None and not same_model_config(saved, model_config):
-        raise ValueError(
-            f"{ckpt_dir} holds a checkpoint of a different model config: {_model_difference(saved, model_config)}. "
-            "Use a new --workdir, or the config that made it."
-        )
-    return True
-
-
-def _model_difference(saved_json: str, model_config: Any) -> str:
-    """The fields of the model config that differ, named (``d_model 16 -> 24``), not the two configs dumped."""
-    try:
-        saved = json.loads(saved_json)
-    except ValueError:
-        return "the saved one is not JSON"
-    changes = config_changes(saved, to_tree(model_config))
-    if not changes:
-        try:
-            model_config_from_json(saved_json)
-        except ValueError as e:
-            return f"the saved one cannot be loaded ({e})"
-        return "they differ"
-    return format_changes(changes)
-
-
-def same_model_config(saved_json: str, config: Any) -> bool:
-    """Whether a checkpoint's saved model config is ``config`` (fields added since take their defaults)."""
-    try:
-        return model_config_from_json(saved_json) == config
-    except (ValueError, TypeError):
-        return False
 
 
 @contextlib.contextmanager

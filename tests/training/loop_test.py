@@ -15,11 +15,6 @@ from tiny_runs import tiny_lm_config
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("full")
     cfg = tiny_lm_config(**{"data.data_dir": data_dir})

@@ -23,11 +23,6 @@ class Crash(Exception):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("reference")
     summary = loop.train(tiny_lm_config(**{"data.data_dir": data_dir}), workdir, log=lambda _: None, progress=False)
