@@ -20,7 +20,7 @@ from typing import Any
 
 from flaxprune.gates import DEFAULT_GATE, GateConfig
 
-__all__ = ["Plan", "path_key"]
+__all__ = ["Plan", "path_key", "plan_of"]
 
 
 def path_key(path: Sequence[str] | str) -> str:
@@ -67,3 +67,18 @@ class Plan:
         merged = self.as_dict()
         merged.update({path_key(k): v for k, v in specs.items()})
         return dataclasses.replace(self, layers=tuple(merged.items()))
+
+
+def plan_of(config: Any) -> Plan | None:
+    """The plan of a :class:`Plan` (itself) or of a model config, else None.
+
+    A model config is a dataclass instance with a ``plan: Plan`` field. The
+    one rule for "the config that built the params", shared by
+    :func:`~flaxprune.shrink` and the size counts (:mod:`flaxprune.size`).
+    """
+    if isinstance(config, Plan):
+        return config
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    plan = getattr(config, "plan", None)
+    return plan if isinstance(plan, Plan) else None

@@ -55,8 +55,7 @@ from flaxprune.gates import GateConfig, deterministic_mask, prob_nonzero
 from flaxprune.layers import FactorizedSpec, GateGroup, InputGatedSpec, LayerRow
 from flaxprune.layers.layout import check_finite_gates
 from flaxprune.param_tree import layer_nodes, node_at
-from flaxprune.plan import Plan
-from flaxprune.surgery import plan_of
+from flaxprune.plan import Plan, plan_of
 
 __all__ = [
     "BASES",

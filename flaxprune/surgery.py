@@ -26,9 +26,9 @@ from flaxprune.gates import is_gate_param
 from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec, Layout
 from flaxprune.layers.layout import check_finite_gates, to_numpy
 from flaxprune.param_tree import layout_of, map_layer_nodes, node_at
-from flaxprune.plan import Plan
+from flaxprune.plan import Plan, plan_of
 
-__all__ = ["factorize", "factorize_params", "plan_of", "shrink"]
+__all__ = ["factorize", "factorize_params", "shrink"]
 
 Config = TypeVar("Config")
 
@@ -144,21 +144,6 @@ def factorize_params(dense_params: Mapping[str, Any], twin_params: Mapping[str, 
             f"{' ...' if len(unused) > 5 else ''}; the two models must have the same module paths."
         )
     return result
-
-
-def plan_of(config: Any) -> Plan | None:
-    """The plan of a :class:`Plan` (itself) or of a model config, else None.
-
-    A model config is a dataclass instance with a ``plan: Plan`` field. The
-    one rule for "the config that built the params", shared by
-    :func:`shrink` and the size counts (:mod:`flaxprune.size`).
-    """
-    if isinstance(config, Plan):
-        return config
-    if not dataclasses.is_dataclass(config) or isinstance(config, type):
-        return None
-    plan = getattr(config, "plan", None)
-    return plan if isinstance(plan, Plan) else None
 
 
 def _plan_or_raise(config: Any) -> Plan:
