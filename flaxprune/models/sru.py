@@ -26,6 +26,7 @@ recurrence always runs in float32 whatever ``dtype`` the projections use.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 from flaxprune.layers import FactorizedDense, InputGatedDense
 from flaxprune.plan import Plan
 
-__all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "sru_recurrence"]
+__all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "forget_scan", "sru_recurrence"]
 
 Carry = dict[str, jax.Array]  # {'c': [batch, n_layers, d_model] float32}
 
@@ -140,8 +141,20 @@ def sru_recurrence(
     b_f: jax.Array,
     b_r: jax.Array,
     unroll: int = 1,
+    time_major: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """The SRU elementwise recurrence over time, in float32.
+
+    Only the state ``c`` is sequential: the loop over time computes ``f_t``
+    and ``c_t`` from ``c_{t-1}``, and the highway gate and output,
+    ``r_t = sigmoid(U2_t + b_r + v_r * c_{t-1})`` and ``h_t``, follow for
+    all steps at once from the states. The loop's body is then a single
+    small fusion over ``[batch, d]`` with two time-major inputs and one
+    output (the values are those of the step-by-step form, bitwise: the
+    same operations in the same order). Its gradient is hand-written
+    (:func:`forget_scan`): the adjoint of the state is a *linear*
+    recurrence, so the backward loop is one multiply-add per element and
+    everything else is vectorized over time.
 
     Args:
       u: ``[batch, time, 3, d]``: ``U0`` (candidate), ``U1`` (forget), ``U2``
@@ -149,27 +162,84 @@ def sru_recurrence(
       x_highway: ``[batch, time, d]``: the highway input ``x'``.
       c0: ``[batch, d]``: the state before the first step.
       v_f, v_r, b_f, b_r: ``[d]``: the gates' state weights and biases.
-      unroll: passed to ``jax.lax.scan``.
+      unroll: passed to ``jax.lax.scan`` (forward and backward loops).
+      time_major: ``u``, ``x_highway`` and ``h`` are ``[time, batch, ...]``
+        instead: the layout the loop reads, so no transpose is needed (what
+        :class:`SRULanguageModel` uses).
 
     Returns:
-      ``(h, c_last)``: ``h: [batch, time, d]`` and ``c_last: [batch, d]``, float32.
+      ``(h, c_last)``: ``h: [batch, time, d]`` (``[time, batch, d]`` when
+      ``time_major``) and ``c_last: [batch, d]``, float32.
     """
     f32 = jnp.float32
-    v_f, v_r = v_f.astype(f32), v_r.astype(f32)
-    u = jnp.swapaxes(u.astype(f32), 0, 1)  # [time, batch, 3, d]
+    u = u.astype(f32)
+    if not time_major:
+        u = jnp.swapaxes(u, 0, 1)  # [time, batch, 3, d]
+        x_highway = jnp.swapaxes(x_highway, 0, 1)
+    c0 = c0.astype(f32)
     # The biases do not depend on c: add them once, outside the sequential loop.
-    x_highway = jnp.swapaxes(x_highway, 0, 1).astype(f32)  # [time, batch, d]
-    xs = (u[:, :, 0], u[:, :, 1] + b_f.astype(f32), u[:, :, 2] + b_r.astype(f32), x_highway)
+    c = forget_scan(u[:, :, 0], u[:, :, 1] + b_f.astype(f32), c0, v_f.astype(f32), unroll)  # [time, batch, d]: c_t
+    c_prev = jnp.concatenate([c0[None], c[:-1]], axis=0)  # c_{t-1}
+    r = jax.nn.sigmoid(u[:, :, 2] + b_r.astype(f32) + v_r.astype(f32) * c_prev)
+    x_highway = x_highway.astype(f32)
+    h = x_highway + (c - x_highway) * r
+    return (h if time_major else jnp.swapaxes(h, 0, 1)), c[-1]
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def forget_scan(u0: jax.Array, u1: jax.Array, c0: jax.Array, v_f: jax.Array, unroll: int = 1) -> jax.Array:
+    """SRU's state over time: ``c_t = u0_t + (c_{t-1} - u0_t) * sigmoid(u1_t + v_f * c_{t-1})``.
+
+    Args:
+      u0, u1: ``[time, batch, d]`` float32, time-major: the candidate and
+        the forget gate's pre-activation (bias included).
+      c0: ``[batch, d]``: ``c_{-1}``.
+      v_f: ``[d]``.
+      unroll: ``jax.lax.scan``'s ``unroll``.
+
+    Returns:
+      ``[time, batch, d]``: every ``c_t``.
+    """
+    return _forget_scan_fwd(u0, u1, c0, v_f, unroll)[0]
+
+
+def _forget_scan_fwd(u0, u1, c0, v_f, unroll):
     def step(c, inputs):  # c: [batch, d]
-        u0, u1, u2, xh = inputs
-        f = jax.nn.sigmoid(u1 + v_f * c)
-        r = jax.nn.sigmoid(u2 + v_r * c)
-        c = u0 + (c - u0) * f
-        return c, xh + (c - xh) * r
+        u0_t, u1_t = inputs
+        c = u0_t + (c - u0_t) * jax.nn.sigmoid(u1_t + v_f * c)
+        return c, c
 
-    c_last, h = jax.lax.scan(step, c0.astype(f32), xs, unroll=unroll)
-    return jnp.swapaxes(h, 0, 1), c_last
+    _, cs = jax.lax.scan(step, c0, (u0, u1), unroll=unroll)
+    return cs, (u0, u1, c0, v_f, cs)
+
+
+def _forget_scan_bwd(unroll, residuals, g):
+    """The adjoint ``G_t = dL/dc_t`` (through later states too) is linear: ``G_t = g_t + a_{t+1} G_{t+1}``.
+
+    With ``pre_t = u1_t + v_f c_{t-1}``, ``f_t = sigmoid(pre_t)`` and
+    ``s_t = (c_{t-1} - u0_t) f_t (1 - f_t)`` (``dc_t / dpre_t``):
+    ``a_t = dc_t / dc_{t-1} = f_t + s_t v_f``; then ``du0_t = G_t (1 - f_t)``,
+    ``du1_t = G_t s_t``, ``dv_f = sum_t G_t s_t c_{t-1}``, ``dc0 = a_0 G_0``.
+    """
+    u0, u1, c0, v_f, cs = residuals
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [time, batch, d]
+    pre = u1 + v_f * c_prev
+    f, one_minus_f = jax.nn.sigmoid(pre), jax.nn.sigmoid(-pre)
+    s = (c_prev - u0) * f * one_minus_f
+    a = f + s * v_f
+    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])], axis=0)  # a_{t+1}; G_T = 0
+
+    def step(adjoint, inputs):  # adjoint: [batch, d]
+        g_t, a_t1 = inputs
+        adjoint = g_t + a_t1 * adjoint
+        return adjoint, adjoint
+
+    _, adjoints = jax.lax.scan(step, jnp.zeros_like(c0), (g, a_next), reverse=True, unroll=unroll)
+    d_pre = adjoints * s
+    return adjoints * one_minus_f, d_pre, a[0] * adjoints[0], (d_pre * c_prev).sum(axis=(0, 1))
+
+
+forget_scan.defvjp(_forget_scan_fwd, _forget_scan_bwd)
 
 
 def _uniform(bound: float) -> jax.nn.initializers.Initializer:
@@ -199,6 +269,7 @@ class SRULayer(nn.Module):
       highway_bias: initial ``b_r``.
       scan_unroll: ``lax.scan``'s ``unroll``.
       plan: passed to ``W``.
+      time_major: ``x`` and ``h`` are ``[time, batch, ...]`` (the recurrence's own layout, no transposes).
     """
 
     features: int
@@ -210,18 +281,20 @@ class SRULayer(nn.Module):
     plan: Plan = Plan()
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    time_major: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, c0: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
         """Runs the layer over a sequence.
 
         Args:
-          x: ``[batch, time, n_in]``.
+          x: ``[batch, time, n_in]`` (``[time, batch, n_in]`` when ``time_major``).
           c0: ``[batch, features]``: the state before the first step.
           deterministic: eval mode (deterministic gate masks).
 
         Returns:
-          ``(h, c_last)``: ``h: [batch, time, features]`` and ``c_last: [batch, features]``, float32.
+          ``(h, c_last)``: ``h: [batch, time, features]`` (``[time, batch, features]`` when
+          ``time_major``) and ``c_last: [batch, features]``, float32.
         """
         d = self.features
         k = 3 if x.shape[-1] == d else 4
@@ -230,15 +303,17 @@ class SRULayer(nn.Module):
             w = InputGatedDense(k * d, name="W", **common)
         else:
             w = FactorizedDense(k * d, rank=self.rank, name="W", **common)
-        u = w(x, deterministic)  # [batch, time, k * d]
-        u = u.reshape(u.shape[:-1] + (k, d))  # [batch, time, k, d]
+        u = w(x, deterministic)  # [batch, time, k * d] (or time-major)
+        u = u.reshape(u.shape[:-1] + (k, d))  # [batch, time, k, d] (or time-major)
         x_highway = x if k == 3 else u[..., 3, :]
         v_init = _uniform(math.sqrt(1.5))
         v_f = self.param("v_f", v_init, (d,), self.param_dtype)
         v_r = self.param("v_r", v_init, (d,), self.param_dtype)
         b_f = self.param("b_f", nn.initializers.zeros_init(), (d,), self.param_dtype)
         b_r = self.param("b_r", nn.initializers.constant(self.highway_bias), (d,), self.param_dtype)
-        return sru_recurrence(u[..., :3, :], x_highway, c0, v_f, v_r, b_f, b_r, unroll=self.scan_unroll)
+        return sru_recurrence(
+            u[..., :3, :], x_highway, c0, v_f, v_r, b_f, b_r, unroll=self.scan_unroll, time_major=self.time_major
+        )
 
 
 class SRULanguageModel(nn.Module):
@@ -307,7 +382,7 @@ class SRULanguageModel(nn.Module):
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
             name="embed",
-        )(tokens)  # [batch, time, embed]
+        )(tokens.T)  # [time, batch, embed]: time-major throughout, the layout of the recurrence's loop
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         states = []
         for layer in range(cfg.n_layers):
@@ -321,11 +396,12 @@ class SRULanguageModel(nn.Module):
                 plan=cfg.plan,
                 dtype=cfg.dtype,
                 param_dtype=cfg.param_dtype,
+                time_major=True,
                 name=f"layers_{layer}",
-            )(x, carry["c"][:, layer], deterministic)  # [batch, time, d_model]
+            )(x, carry["c"][:, layer], deterministic)  # [time, batch, d_model]
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
             states.append(c)
         logits = nn.Dense(
             cfg.vocab_size, kernel_init=init, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="output"
         )(x)
-        return logits.astype(jnp.float32), {"c": jnp.stack(states, axis=1)}
+        return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), {"c": jnp.stack(states, axis=1)}

@@ -12,7 +12,7 @@ import pytest
 
 import flaxprune as fp
 from flaxprune.gates import deterministic_mask
-from flaxprune.models.sru import SRUConfig, SRULanguageModel, sru_recurrence
+from flaxprune.models.sru import SRUConfig, SRULanguageModel, forget_scan, sru_recurrence
 
 TINY = SRUConfig(vocab_size=11, d_model=8, n_layers=2, embed_dim=5, rank=3)
 BATCH, TIME = 2, 7
@@ -186,6 +186,57 @@ def test_sru_recurrence_matches_reference():
     args = [np.asarray(a, np.float64) for a in (u, xh, c0, v_f, v_r, b_f, b_r)]
     want_h, want_c = reference_layer(*args)
     chex.assert_trees_all_close((h, c), (want_h.astype(np.float32), want_c.astype(np.float32)), atol=1e-5)
+
+
+def step_by_step_recurrence(u, xh, c0, v_f, v_r, b_f, b_r):
+    """SRU's recurrence with every gate inside the loop: the form ``sru_recurrence`` reorganises."""
+
+    def step(c, inputs):
+        u0, u1, u2, x = inputs
+        f = jax.nn.sigmoid(u1 + b_f + v_f * c)
+        r = jax.nn.sigmoid(u2 + b_r + v_r * c)
+        c = u0 + (c - u0) * f
+        return c, x + (c - x) * r
+
+    xs = tuple(jnp.swapaxes(a, 0, 1) for a in (u[:, :, 0], u[:, :, 1], u[:, :, 2], xh))
+    c_last, h = jax.lax.scan(step, c0, xs)
+    return jnp.swapaxes(h, 0, 1), c_last
+
+
+def recurrence_args(seed=4, d=5):
+    rng = np.random.default_rng(seed)
+    shapes_ = [(BATCH, TIME, 3, d), (BATCH, TIME, d), (BATCH, d)] + [(d,)] * 4
+    return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes_]
+
+
+def test_sru_recurrence_is_the_step_by_step_form_bitwise():
+    args = recurrence_args()
+    chex.assert_trees_all_equal(jax.jit(sru_recurrence)(*args), jax.jit(step_by_step_recurrence)(*args))
+
+
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_sru_recurrence_gradient_matches_autodiff_of_the_step_by_step_form(unroll):
+    args = recurrence_args()
+    weights = jnp.asarray(np.random.default_rng(5).normal(size=(BATCH, TIME, 5)), jnp.float32)
+
+    def loss(fn):
+        def value(*a):
+            h, c_last = fn(*a)
+            return (weights * h).sum() + (c_last**2).sum()
+
+        return jax.jit(jax.grad(value, argnums=tuple(range(len(args)))))
+
+    got = loss(lambda *a: sru_recurrence(*a, unroll=unroll))(*args)
+    want = loss(step_by_step_recurrence)(*args)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_forget_scan_gradient_is_numerically_right():
+    rng = np.random.default_rng(6)
+    arrays = [rng.normal(size=shape) for shape in [(TIME, BATCH, 3), (TIME, BATCH, 3), (BATCH, 3), (3,)]]
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a, jnp.float64) for a in arrays]
+        jax.test_util.check_grads(lambda *a: forget_scan(*a), args, order=1, modes=["rev"], eps=1e-6)
 
 
 # --- carry -------------------------------------------------------------------
