@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.11,<2",
     "threadpoolctl>=3.1,<4",
     "lazy_loader>=0.4,<1",
+    "flatbuffers>=24,<26",  # jax.export (de)serialization
 ]
 
 setup(

@@ -1,4 +1,4 @@
-"""The ``flaxprune`` console command: ``train``, ``eval``, ``shrink`` and ``report``.
+"""The ``flaxprune`` console command: ``train``, ``eval``, ``shrink``, ``report`` and ``export``.
 
 Each command is described once, in ``COMMANDS`` (name, summary, function,
 flags, examples); dispatch, ``flaxprune --help`` and ``flaxprune <command>
@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging as std_logging
 import os
+import pathlib
 import re
 import sys
 import traceback
@@ -35,10 +36,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, the reduced model.")
 _SPLIT = flags.DEFINE_enum("split", "valid", ["valid", "test"], "The split to evaluate.")
 _REDUCED = flags.DEFINE_bool("reduced", False, "Evaluate the run's reduced model instead of its newest checkpoint.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to save the reduced model.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write: the reduced model (shrink), the export (export).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run directory or a reduced-model directory.")
 _OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Replace an earlier reduced model in --output (anything else there is never replaced)."
+    "overwrite",
+    False,
+    "Replace an earlier reduced model (shrink) or export (export) in --output; anything else there is never replaced.",
 )
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
@@ -101,6 +104,24 @@ def report_main() -> None:
     from flaxprune.training import runs
 
     print(runs.report_checkpoint(_CHECKPOINT.value))
+
+
+def export_main() -> None:
+    """``flaxprune export``: a run's (or a folder's) reduced model -> a portable ``jax.export`` folder."""
+    given = [f.name for f in (_WORKDIR, _CHECKPOINT) if f.value]
+    if len(given) != 1:
+        raise UsageError(f"give one of --workdir=RUN or --checkpoint=DIR{', not both' if given else ''}")
+    from flaxprune import export
+
+    source, run_only = _WORKDIR.value or _CHECKPOINT.value, bool(_WORKDIR.value)
+    try:
+        manifest = export.export_reduced(source, _OUTPUT.value, overwrite=_OVERWRITE.value, run_only=run_only)
+    except ModuleNotFoundError as e:  # jax's serialization needs flatbuffers: a one-line error like the others
+        raise OSError(str(e)) from e
+    shapes = ", ".join(f"{x['name']}[{','.join(map(str, x['shape']))}]" for x in manifest["inputs"])
+    print(f"exported {manifest['source']} to {pathlib.Path(_OUTPUT.value).absolute()}")
+    print(f"{manifest['model_class']}: {manifest['total_params']:,} params, inputs {shapes}, "
+          f"platforms {', '.join(manifest['platforms'])}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,6 +206,13 @@ type; a key the config lacks is an error (the config file lists its fields, one 
 
 At the end, train prints the run's summary as JSON ("status" says whether it finished or was preempted)."""
 
+_EXPORT_NOTES = """\
+Give --workdir=RUN (the run's reduced/ model) or --checkpoint=DIR (a reduced model from flaxprune shrink, or a
+run directory), not both. --output receives model.jaxexport (the eval-mode forward, lowered for CPU, CUDA and
+TPU, batch and sequence length symbolic where the model allows), weights.npz and manifest.json; it must be new
+or empty, or an earlier export with --overwrite. Loading it needs only jax, numpy and flatbuffers: see the
+README or flaxprune/export.py for the ten lines."""
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -237,6 +265,23 @@ COMMANDS: dict[str, Command] = {
             run=report_main,
             args=(Arg(_CHECKPOINT, "DIR", required=True), *COMMON_ARGS),
             examples=("flaxprune report --checkpoint=/tmp/run", "flaxprune report --checkpoint=/tmp/run_small"),
+        ),
+        Command(
+            name="export",
+            summary="Write a reduced model as a jax.export folder that runs without flaxprune or flax (CPU/GPU/TPU).",
+            run=export_main,
+            args=(
+                Arg(_WORKDIR, "DIR"),
+                Arg(_CHECKPOINT, "DIR"),
+                Arg(_OUTPUT, "DIR", required=True),
+                Arg(_OVERWRITE),
+                *COMMON_ARGS,
+            ),
+            notes=_EXPORT_NOTES,
+            examples=(
+                "flaxprune export --workdir=/tmp/run --output=/tmp/run_export",
+                "flaxprune export --checkpoint=/tmp/run_small --output=/tmp/run_export --overwrite",
+            ),
         ),
     )
 }
@@ -449,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flaxprune {command.name}: interrupted", file=sys.stderr)
         return 130
+    except UsageError as e:  # flags that only the command can judge together (export's --workdir / --checkpoint)
+        print(f"flaxprune {command.name}: {e}", file=sys.stderr)
+        return 2
     except COMMAND_ERRORS as e:
         if _debugging():
             raise
