@@ -203,24 +203,45 @@ def hard_params(params: Mapping[str, Any], gate: GateSource, basis: str = "facto
     return total
 
 
-def expected_sparsity(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
+def _reference(params: Mapping[str, Any], basis: str, reference: int | None, fn: str) -> int:
+    """The count a sparsity divides by: ``reference``, or the params' own prunable count."""
+    if reference is None:
+        return prunable_params(params, basis)
+    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) or reference < 1:
+        raise ValueError(
+            f"{fn}: reference={reference!r} must be None (these params' own prunable count) or an integer >= 1 "
+            "(the prunable count of the model before compaction)."
+        )
+    return int(reference)
+
+
+def expected_sparsity(
+    params: Mapping[str, Any], gate: GateSource, basis: str = "factors", *, reference: int | None = None
+) -> jax.Array:
     """``1 - expected_params / prunable_params(basis)``; differentiable in every ``log_alpha``.
 
     ``gate`` as in :func:`expected_params`; NaN where a gate holds NaN.
+    ``reference``: the prunable count to divide by instead of the params'
+    own: a model compacted during training (:mod:`flaxprune.compaction`)
+    is measured against the model it started as, which
+    ``prunable_params(initial_params, basis)`` gives.
     """
     cfg = gate_of(gate, "expected_sparsity")
     _check_basis(basis, "expected_sparsity")
-    return 1.0 - expected_params(params, cfg) / prunable_params(params, basis)
+    return 1.0 - expected_params(params, cfg) / _reference(params, basis, reference, "expected_sparsity")
 
 
-def hard_sparsity(params: Mapping[str, Any], gate: GateSource, basis: str = "factors") -> jax.Array:
+def hard_sparsity(
+    params: Mapping[str, Any], gate: GateSource, basis: str = "factors", *, reference: int | None = None
+) -> jax.Array:
     """``1 - hard_params / prunable_params``: the sparsity surgery will deliver.
 
     ``gate`` as in :func:`hard_params`; NaN where a gate holds NaN or inf
-    (surgery refuses such gates).
+    (surgery refuses such gates). ``reference`` as in :func:`expected_sparsity`.
     """
     cfg = gate_of(gate, "hard_sparsity")
-    sparsity = 1.0 - hard_params(params, cfg, basis) / prunable_params(params, basis)
+    _check_basis(basis, "hard_sparsity")
+    sparsity = 1.0 - hard_params(params, cfg, basis) / _reference(params, basis, reference, "hard_sparsity")
     return jnp.where(_all_finite(gate_groups(params)), sparsity, jnp.nan)
 
 

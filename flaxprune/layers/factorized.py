@@ -281,6 +281,10 @@ def _check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "log_alpha's shape", node[GATE_PARAM].shape, (spec.rank,))
 
 
+def _compact(path: str, node: Node, keep: np.ndarray, spec: Any) -> tuple[dict[str, int], FactorizedSpec]:
+    return {"P": 1, "Q": 0, GATE_PARAM: 0}, FactorizedSpec(rank=int(keep.size), gated=True)
+
+
 def _dense_params(node: Node) -> int:
     return int(node["P"].shape[0] * node["Q"].shape[1])
 
@@ -295,4 +299,5 @@ FACTORIZED_LAYOUT = Layout(
     shrink=_shrink,
     check=_check,
     dense_params=_dense_params,
+    compact=_compact,
 )

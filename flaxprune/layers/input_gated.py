@@ -189,6 +189,13 @@ def _ig_check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
 
 
+def _ig_compact(path: str, node: Node, keep: np.ndarray, spec: Any) -> tuple[dict[str, int], InputGatedSpec]:
+    # The kept rows index the inputs the node holds now; the plan indexes the layer's original inputs.
+    before = spec.keep if isinstance(spec, InputGatedSpec) and spec.keep is not None else None
+    kept = tuple(int(before[i]) for i in keep) if before is not None else tuple(int(i) for i in keep)
+    return {"kernel": 0, GATE_PARAM: 0}, InputGatedSpec(keep=kept, gated=True)
+
+
 INPUT_GATED_LAYOUT = Layout(
     kind="input_gated",
     reserved=RESERVED,
@@ -198,4 +205,5 @@ INPUT_GATED_LAYOUT = Layout(
     rows=_ig_rows,
     shrink=_ig_shrink,
     check=_ig_check,
+    compact=_ig_compact,
 )

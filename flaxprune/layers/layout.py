@@ -22,7 +22,11 @@ functions of that node:
   node stands for, when that differs from what its gates control (a
   factorized ``in x out`` matrix at full rank holds ``r (in + out)`` weights
   in ``P`` and ``Q`` but stands for ``in * out``); it is the basis of the
-  ``'dense'`` sparsity (:mod:`flaxprune.size`).
+  ``'dense'`` sparsity (:mod:`flaxprune.size`);
+* ``compact`` (optional): for the sorted indices ``keep`` of the gates that
+  stay and the node's current spec (or None), the axis along which each of
+  the node's params is cut (``{'P': 1, 'Q': 0, 'log_alpha': 0}``) and the
+  spec of the still-gated smaller layer (:mod:`flaxprune.compaction`).
 
 The registry is ``flaxprune.layers.LAYOUTS``; a node is handled by the first
 layout that matches it. Only leaves count as held names: a submodule called
@@ -100,6 +104,7 @@ class Layout(NamedTuple):
     shrink: Callable[[str, Node, GateConfig], tuple[dict | None, Any]]
     check: Callable[[str, Node, Any], None]
     dense_params: Callable[[Node], int] | None = None
+    compact: Callable[[str, Node, np.ndarray, Any], tuple[dict[str, int], Any]] | None = None
 
 
 def holds(node: Node, key: str) -> bool:
