@@ -64,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.prune.basis = "factors"  # sparsity of the gated weights ('factors') or of the dense layers they stand for
     c.prune.gate_init = "constant"  # log_alpha from prune.gate.drop_rate; 'spectral': from the SVD (warm starts)
     c.prune.gate_range = (2.5, 8.0)  # 'spectral': log_alpha of a zero and of the largest singular component
+    c.prune.compact_every = 0  # every how many steps to drop components with P(z != 0) < compact_threshold; 0: never
+    c.prune.compact_threshold = 1e-3  # compaction: training gets faster as it prunes (flaxprune.compaction)
 
     c.init_from = ""  # earlier run's workdir to warm-start from (dense or factorized)
     return c

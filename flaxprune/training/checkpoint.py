@@ -208,10 +208,16 @@ class CheckpointStore:
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores ``(state, meta)`` and verifies every array; ``abstract_state`` carries shapes, dtypes, shardings.
 
+        ``abstract_state`` may also be a function of the step's metadata that
+        returns the target: a run compacted during training saves states of
+        different shapes, and its metadata says which model each one is.
+
         Raises:
           DamagedCheckpointError: when a file cannot be read or an array fails its checksum.
         """
         step = self.latest_step() if step is None else step
+        if callable(abstract_state):
+            abstract_state = abstract_state(self.read_meta(step))
         try:
             out = self._manager.restore(
                 step,

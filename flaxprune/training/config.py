@@ -18,7 +18,9 @@ from flaxprune.size import BASES
 __all__ = [
     "SCHEDULES",
     "batch_sizes",
-    "learning_rate_schedule", "load_config_file",
+    "compaction_settings",
+    "learning_rate_schedule",
+    "load_config_file",
     "plan_from_config",
     "sparsity_basis",
     "validate",
@@ -109,6 +111,14 @@ def validate(config: Any) -> None:
                 "zero and of the largest singular component (e.g. (2.5, 8.0))."
             )
     _finite_number("prune", "best_tolerance", p.best_tolerance, 0, strict=False)
+    every, threshold = compaction_settings(config)
+    _positive_int("prune", "compact_every", every, minimum=0)
+    ok = isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and np.isfinite(threshold)
+    if not ok or not 0 < threshold < 1:
+        raise ValueError(
+            f"config.prune.compact_threshold={threshold!r} must be a number in (0, 1): compaction drops the "
+            "components whose P(z != 0) is below it (e.g. 1e-3)."
+        )
     if p.enabled and "gate" in p:
         _check_gate(p.gate)
 
@@ -126,6 +136,13 @@ def batch_sizes(train: Any) -> dict[str, int]:
         "eval_batch_size": train.eval_batch_size,
         "speed_batch_size": train.get("speed_batch_size", train.eval_batch_size),
     }
+
+
+def compaction_settings(config: Any) -> tuple[int, float]:
+    """``(prune.compact_every, prune.compact_threshold)``: every how many steps (0: never) to drop the
+    components whose ``P(z != 0)`` is below the threshold (:mod:`flaxprune.compaction`)."""
+    p = config.prune
+    return p.get("compact_every", 0), p.get("compact_threshold", 1e-3)
 
 
 def sparsity_basis(config: Any) -> str:

@@ -51,7 +51,15 @@ def finalize(
         return None
     inputs = task.speed_inputs()
     summary: dict[str, Any] = {"params": total_params(params), **gated_metrics}
-    summary["seconds_per_batch"] = time_forward(task.model, params, inputs)
+    full = run.full_task if run.full_task is not None else task
+    if full is task:
+        summary["seconds_per_batch"] = time_forward(task.model, params, inputs)
+    else:  # compacted during training: the speedup is against the model at its full shapes (its timing needs no
+        # trained weights, only its shapes)
+        summary["compacted_params"] = summary["params"]
+        summary["params"] = total_params(jax.eval_shape(full.init_params, jax.random.key(0)))
+        full_params = jax.jit(full.init_params)(jax.random.key(0))
+        summary["seconds_per_batch"] = time_forward(full.model, full_params, inputs)
     if stop():
         return None
     if not run.prune:
@@ -70,9 +78,9 @@ def finalize(
     if stop():
         return None
     summary.update(
-        prunable_params=prunable_params(params, run.basis),
+        prunable_params=run.prunable if run.prunable is not None else prunable_params(params, run.basis),
         sparsity_basis=run.basis,
-        hard_sparsity=float(hard_sparsity(params, gate, run.basis)),
+        hard_sparsity=float(hard_sparsity(params, gate, run.basis, reference=run.prunable)),
         target=float(run.config.prune.target),
         reduced_params=total_params(small),
         **{f"reduced_{k}": v for k, v in reduced_metrics.items()},

@@ -28,15 +28,24 @@ from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
 from flaxprune.serialization import config_to_json
-from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity
+from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity, prunable_params
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointError
-from flaxprune.training.config import learning_rate_schedule, sparsity_basis, validate
+from flaxprune.training.config import compaction_settings, learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
 from flaxprune.training.run_dir import RunFiles, RunLock, format_changes, record_config_change
-from flaxprune.training.state import TrainState, abstract_target, initial_state_fn, state_shardings
+from flaxprune.training.state import TrainState, initial_state_fn
+from flaxprune.training.state_compaction import (
+    TRAIN_MODEL_KEY,
+    compact_state,
+    describe,
+    state_target,
+    target_for_meta,
+    task_for,
+    train_model_config,
+)
 from flaxprune.training.steps import make_train_step
 from flaxprune.training.task import build_task
 from flaxprune.training.workdir_checks import check_config_change, check_existing_checkpoint, check_workdir
@@ -61,6 +70,8 @@ class Run:
     target_fn: Callable
     model_json: str
     config_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)  # accepted on a resume
+    prunable: int | None = None  # the model's prunable count at its full shapes: what every sparsity divides by
+    full_task: Any = None  # the task around the model at its full shapes (``task`` is compacted from it)
 
     @property
     def prune(self) -> bool:
@@ -108,7 +119,10 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
     tx = _optimizer(config.optim, lr_fn)
     target_fn = _target_fn(config, task)
-    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes)
+    prunable = None
+    if config.prune.enabled:
+        prunable = prunable_params(jax.eval_shape(task.init_params, jax.random.key(0)), sparsity_basis(config))
+    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes, prunable, task)
 
 
 def _optimizer(optim: Any, lr_fn: Callable) -> Any:
@@ -161,6 +175,7 @@ class _Checkpoints:
         self.latest = CheckpointStore(files.checkpoints, run.config.train.keep_checkpoints)
         self.best = CheckpointStore(files.best, 1)
         self._model_json, self._batcher = run.model_json, batcher
+        self.train_model_json = config_to_json(run.model_config)  # the compacted model's, once compacted
         self.best_score = float("-inf")  # kept as "higher is better"
 
     def save(self, store: CheckpointStore, state: TrainState) -> None:
@@ -168,6 +183,7 @@ class _Checkpoints:
         if not bool(state.finite):
             raise self.non_finite(int(state.step), "nothing was saved, and ")
         meta = {"model_config": self._model_json, "data": self._batcher.state(), "best_score": self.best_score}
+        meta[TRAIN_MODEL_KEY] = self.train_model_json
         store.save(int(state.step), state, meta)
 
     def non_finite(self, step: int, what: str = "", loss: Any = None) -> NonFiniteLossError:
@@ -205,28 +221,26 @@ def _resume_or_start(
     ckpts: _Checkpoints,
     batcher: Any,
     create: Callable[[], TrainState],
-    target: TrainState,
     log: Callable[[str], None],
-) -> TrainState:
-    """The newest checkpoint's state (the batcher and best score restored with it), or a fresh (warm) start.
-
-    ``target`` is the abstract state with its shardings, which a restore fills and a fresh state is built to.
+) -> tuple[TrainState, Any]:
+    """``(state, task)``: the newest checkpoint's state (the batcher and best score restored with it) and
+    the task of the model it is of (a compacted one's, after a compaction), or a fresh (warm) start.
     """
-    state_sh = jax.tree.map(lambda a: a.sharding, target)
-    restored = ckpts.latest.restore_intact(target, log)
+    restored = ckpts.latest.restore_intact(target_for_meta(run.task, run.tx, run.config, run.mesh), log)
     if restored is not None:
         state, meta = restored
         batcher.restore(meta["data"])
         ckpts.best_score = meta.get("best_score", ckpts.best_score)
         log(f"resumed from step {int(state.step)} in {ckpts.latest.directory}")
-        return state
-    state = jax.jit(create, out_shardings=state_sh)()
+        return state, task_for(run.task, train_model_config(meta))
+    target = state_target(run.task, run.tx, run.config, run.mesh)
+    state = jax.jit(create, out_shardings=jax.tree.map(lambda a: a.sharding, target))()
     params, source = _warm_start(run, state.params)
     if params is None:
-        return state
+        return state, run.task
     params = jax.device_put(params, jax.tree.map(lambda _: sharding.replicated(run.mesh), params))
     log(f"initialised from {source}")
-    return state.replace(trainable={**state.trainable, "params": params})
+    return state.replace(trainable={**state.trainable, "params": params}), run.task
 
 
 def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[dict], dict]]:
@@ -239,6 +253,7 @@ def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[d
         gate=run.model_config.plan.gate,
         basis=run.basis,
         learning_rate_fn=run.lr_fn,
+        reference=run.prunable,
     )
     repl = sharding.replicated(run.mesh)
     spec = run.task.batch_spec()
@@ -270,8 +285,8 @@ def _evaluate(run: Run, state: TrainState, done: int) -> dict[str, float]:
     ev = run.task.evaluate(state.params, "valid")
     if run.prune:
         gate = run.model_config.plan.gate
-        ev["hard_sparsity"] = float(hard_sparsity(state.params, gate, run.basis))
-        ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis))
+        ev["hard_sparsity"] = float(hard_sparsity(state.params, gate, run.basis, reference=run.prunable))
+        ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis, reference=run.prunable))
         ev["target"] = float(run.target_fn(done))
     return ev
 
@@ -313,17 +328,24 @@ def _keep_if_best(run: Run, ckpts: _Checkpoints, state: TrainState, ev: dict[str
         ckpts.save(ckpts.best, state)
 
 
-def _final_params(ckpts: _Checkpoints, state: TrainState, target: TrainState, log: Callable) -> tuple[Any, str]:
-    """The best checkpoint's params when there is an intact one, else the last state's."""
+def _final_params(run: Run, ckpts: _Checkpoints, state: TrainState, log: Callable) -> tuple[Any, str, Any]:
+    """``(params, source, task)``: the best checkpoint's params when there is an intact one, else the last
+    state's, with the task of the model they are of."""
     try:
-        restored = ckpts.best.restore_intact(target, log)
+        restored = ckpts.best.restore_intact(target_for_meta(run.task, run.tx, run.config, run.mesh), log)
     except DamagedCheckpointError as e:
         log(f"{e}; finishing with the last state instead.")
         restored = None
     if restored is None:
-        return state.params, "last"
-    best_state, _ = restored
-    return best_state.params, f"best (step {int(best_state.step)})"
+        return state.params, "last", run.task
+    best_state, meta = restored
+    return best_state.params, f"best (step {int(best_state.step)})", task_for(run.task, train_model_config(meta))
+
+
+def _with_task(run: Run, ckpts: _Checkpoints, task: Any) -> Run:
+    """``run`` training ``task``'s model (a compacted one), which its checkpoints then record."""
+    ckpts.train_model_json = config_to_json(task.model_config)
+    return dataclasses.replace(run, task=task)
 
 
 def _due(done: int, every: int, total: int) -> bool:
@@ -380,11 +402,10 @@ def _train_in(
     batcher = task.train_batches(jax.process_index(), jax.process_count())
     ckpts = _Checkpoints(run, batcher)
     create = initial_state_fn(task, run.tx, cfg.train.seed, cfg.train.batch_size)
-    abstract = jax.eval_shape(create)
-    state_sh = state_shardings(abstract, run.mesh)
-    target = abstract_target(abstract, state_sh)
-    state = _resume_or_start(run, ckpts, batcher, create, target, log)
+    state, current = _resume_or_start(run, ckpts, batcher, create, log)
+    run = _with_task(run, ckpts, current)
     start, total = int(state.step), cfg.train.steps
+    compact_every, compact_threshold = compaction_settings(cfg)
 
     # --- The files: metrics from the restored step on, the config (and its accepted change).
     writer = MetricsWriter(files.workdir)
@@ -396,7 +417,7 @@ def _train_in(
         files.config.write_text(cfg.to_json_best_effort(indent=1), encoding="utf-8")
 
     # --- Train: log, evaluate (keeping the best), checkpoint, stop cleanly on SIGTERM.
-    train_step, to_device = _compile_step(run, state_sh)
+    train_step, to_device = _compile_step(run, jax.tree.map(lambda a: a.sharding, state))
     meter = _Throughput(start, cfg.train.batch_size)
     bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
     for step in range(start, total):
@@ -412,6 +433,14 @@ def _train_in(
             _keep_if_best(run, ckpts, state, ev)
         if on_step is not None:
             on_step(done)
+        if run.prune and compact_every and done % compact_every == 0 and done < total:
+            state, new_task, compacted = compact_state(state, run.task, run.tx, cfg, run.mesh, compact_threshold)
+            if compacted.dropped:
+                run = _with_task(run, ckpts, new_task)
+                train_step, to_device = _compile_step(run, jax.tree.map(lambda a: a.sharding, state))
+                writer.write(done, "compact", {"prunable_params": prunable_params(state.params, run.basis)})
+                log(f"step {done}: compacted {describe(compacted)} (P(z != 0) < {compact_threshold:g}); "
+                    "the step recompiles for the smaller shapes")
         if _due(done, cfg.train.checkpoint_every, total):
             ckpts.save(ckpts.latest, state)
         if flag["stop"] and done < total:
@@ -423,9 +452,9 @@ def _train_in(
     bar.close()
 
     # --- The end: the best params, shrunk, saved, reloaded, evaluated and timed.
-    final_params, source = _final_params(ckpts, state, target, log)
+    final_params, source, final_task = _final_params(run, ckpts, state, log)
     ckpts.close()
-    summary = finalize(run, final_params, log=log, stop=lambda: flag["stop"])
+    summary = finalize(dataclasses.replace(run, task=final_task), final_params, log=log, stop=lambda: flag["stop"])
     if summary is None:
         log("SIGTERM during the end of the run: the training is saved; rerun the same command to finish it.")
         return {"status": "preempted", "step": int(state.step)}

@@ -22,10 +22,10 @@ from flaxprune.training.run_dir import RunFiles
 from flaxprune.training.checkpoint import (
     check_output,
     load_reduced,
-    model_config_from_json,
     read_latest,
     save_reduced,
 )
+from flaxprune.training.state_compaction import train_model_config
 from flaxprune.training.task import build_task
 
 __all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
@@ -53,7 +53,7 @@ def load_run(workdir: str | pathlib.Path, which: str = "checkpoints") -> tuple[A
     if found is None:
         raise FileNotFoundError(f"no checkpoints under {directory}.")
     state, meta, step = found
-    config = model_config_from_json(meta["model_config"])
+    config = train_model_config(meta)  # the compacted model's, for a run that compacted
     return model_for(config), state["trainable"]["params"], config, step
 
 

@@ -33,6 +33,7 @@ def make_train_step(
     gate: GateConfig,
     basis: str = "factors",
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
+    reference: int | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
@@ -44,6 +45,8 @@ def make_train_step(
       gate: the gates' hyperparameters (for the expected sparsity).
       basis: the sparsity basis, ``'factors'`` or ``'dense'`` (:mod:`flaxprune.size`).
       learning_rate_fn: optional schedule, reported in the metrics.
+      reference: the prunable count the sparsity is measured against (the
+        model before compaction; None: the params' own).
     """
 
     def loss_fn(trainable, carry, batch, rngs, step):
@@ -51,7 +54,7 @@ def make_train_step(
         if not prune:
             zero = jnp.zeros((), jnp.float32)
             return loss, (loss, metrics, new_carry, zero, zero)
-        s = expected_sparsity(trainable["params"], gate, basis)
+        s = expected_sparsity(trainable["params"], gate, basis, reference=reference)
         t = target_fn(step)
         return loss + penalty(s, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
 
