@@ -24,6 +24,7 @@ import threadpoolctl
 
 from flaxprune.gates import is_gate_param
 from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec, Layout
+from flaxprune.layers.input_gated import compose_keep
 from flaxprune.layers.layout import check_finite_gates, to_numpy
 from flaxprune.param_tree import layout_of, map_layer_nodes, node_at
 from flaxprune.plan import Plan, plan_of
@@ -218,7 +219,8 @@ def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], C
         if not groups:
             return node  # an ungated layer stays as it is
         check_finite_gates("shrink", path, groups)
-        node_out, specs[path] = layout.shrink(path, node, plan.gate)
+        node_out, spec = layout.shrink(path, node, plan.gate)
+        specs[path] = compose_keep(plan.spec(path), spec)  # inputs a compaction already cut stay cut
         return node_out
 
     new_params = map_layer_nodes(cut, params)

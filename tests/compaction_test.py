@@ -70,10 +70,28 @@ def test_compacted_model_gives_the_same_eval_outputs_and_sparsity():
     moved = float(fp.expected_sparsity(small, cut.config, reference=reference) - fp.expected_sparsity(params, CFG))
     dropped_cost = 2 * 4 * 6 + 2 * (6 + 3 * 6)  # layer 0: 2 inputs x out (4 blocks of d=6); layer 1: 2 x (in + out)
     assert 0 < moved < 1e-3 * dropped_cost / reference
-    # And shrink gives the same reduced model from either.
-    a, _ = fp.shrink(params, CFG)
-    b, _ = fp.shrink(small, cut.config)
+    # And shrink gives the same reduced model from either: params, plan and outputs.
+    a, a_cfg = fp.shrink(params, CFG)
+    b, b_cfg = fp.shrink(small, cut.config)
     chex.assert_trees_all_close(a, b)
+    assert a_cfg == b_cfg
+    reduced = SRULanguageModel(b_cfg).apply({"params": b}, TOKENS, carry)[0]
+    chex.assert_trees_all_close(reduced, want, atol=1e-6)
+
+
+def test_shrink_after_two_compactions_gives_the_gated_outputs():
+    params = closed_some()
+    first = compaction(params, CFG, threshold=1e-3)
+    small = first.apply(params)
+    small["layers_0"]["W"]["log_alpha"] = np.asarray([OPEN, CLOSED, OPEN], np.float32)  # inputs 0, 2, 4 -> 0, 4
+    second = compaction(small, first.config, threshold=1e-3)
+    smaller = jax.tree.map(jnp.asarray, second.apply(small))
+    carry = SRULanguageModel(CFG).initial_carry(2)
+    want = SRULanguageModel(second.config).apply({"params": smaller}, TOKENS, carry)[0]
+    reduced, reduced_cfg = fp.shrink(smaller, second.config)
+    assert reduced_cfg.plan.spec("layers_0/W").keep == (0, 4)
+    got = SRULanguageModel(reduced_cfg).apply({"params": reduced}, TOKENS, carry)[0]
+    chex.assert_trees_all_close(got, want, atol=1e-6)
 
 
 def test_optimizer_state_is_cut_at_the_same_indices():

@@ -35,7 +35,7 @@ from flaxprune.layers.layout import (
 )
 from flaxprune.plan import Plan
 
-__all__ = ["INPUT_GATED_LAYOUT", "InputGatedDense", "InputGatedSpec"]
+__all__ = ["INPUT_GATED_LAYOUT", "InputGatedDense", "InputGatedSpec", "compose_keep"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +189,21 @@ def _ig_check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
 
 
+def compose_keep(before: Any, after: InputGatedSpec) -> InputGatedSpec:
+    """``after`` with its kept indices mapped to the layer's original inputs.
+
+    ``after.keep`` indexes the rows the node holds now; when the plan already
+    kept a subset (``before``, from an earlier compaction), those rows are
+    ``before.keep``'s inputs, and the plan must name the original ones.
+    """
+    if not isinstance(before, InputGatedSpec) or before.keep is None or after.keep is None:
+        return after
+    return dataclasses.replace(after, keep=tuple(before.keep[i] for i in after.keep))
+
+
 def _ig_compact(path: str, node: Node, keep: np.ndarray, spec: Any) -> tuple[dict[str, int], InputGatedSpec]:
-    # The kept rows index the inputs the node holds now; the plan indexes the layer's original inputs.
-    before = spec.keep if isinstance(spec, InputGatedSpec) and spec.keep is not None else None
-    kept = tuple(int(before[i]) for i in keep) if before is not None else tuple(int(i) for i in keep)
-    return {"kernel": 0, GATE_PARAM: 0}, InputGatedSpec(keep=kept, gated=True)
+    kept = InputGatedSpec(keep=tuple(int(i) for i in keep), gated=True)
+    return {"kernel": 0, GATE_PARAM: 0}, compose_keep(spec, kept)
 
 
 INPUT_GATED_LAYOUT = Layout(
