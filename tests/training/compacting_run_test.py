@@ -82,6 +82,8 @@ def test_the_run_compacts_and_trains_on_the_smaller_model(compacted_run, data_di
     assert summary["prunable_params"] == full.prunable > fp.prunable_params(last_params)
     assert 0 <= summary["hard_sparsity"] <= 1
     assert summary["compacted_params"] < summary["params"]
+    # The reduced model (shrunk from the compacted one) scores what the gated model scored.
+    assert summary["reduced_valid_bpc"] == pytest.approx(summary["valid_bpc"], abs=1e-4)
 
 
 def test_resume_across_a_compaction_is_exact(compacted_run, tmp_path, data_dir):
