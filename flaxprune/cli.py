@@ -1,4 +1,4 @@
-"""The ``flaxprune`` console command: ``train``, ``eval``, ``shrink``, ``report`` and ``export``.
+"""The ``flaxprune`` console command: ``train``, ``eval``, ``shrink``, ``report``, ``export`` and ``bench``.
 
 Each command is described once, in ``COMMANDS`` (name, summary, function,
 flags, examples); dispatch, ``flaxprune --help`` and ``flaxprune <command>
@@ -36,7 +36,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, the reduced model.")
 _SPLIT = flags.DEFINE_enum("split", "valid", ["valid", "test"], "The split to evaluate.")
 _REDUCED = flags.DEFINE_bool("reduced", False, "Evaluate the run's reduced model instead of its newest checkpoint.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write: the reduced model (shrink), the export (export).")
+_OUTPUT = flags.DEFINE_string(
+    "output",
+    None,
+    "Where to write: the reduced model (shrink), the export (export), the results folder (bench; default "
+    "experiments/results).",
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run directory or a reduced-model directory.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite",
@@ -48,6 +53,25 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     False,
     "Resume a run whose saved config.json differs from --config outside the model; the change is recorded in "
     "the run's config_history.jsonl. Without it such a resume is refused, naming the changed fields.",
+)
+# bench: None means "not given", so --quick can supply its own value (flaxprune.benchmark.QUICK).
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "Small models and grid (batches 1,8, seq 128, 3 repeats): a few minutes on 2 CPU cores."
+)
+_SIZE = flags.DEFINE_enum(
+    "size", None, ["full", "small", "tiny"], "Model sizes (default full; --quick small; tiny for tests)."
+)
+_MODELS = flags.DEFINE_string("models", None, "Comma-separated model families among sru,txl,bert (default all).")
+_LEVELS = flags.DEFINE_string("levels", None, "Comma-separated sparsity levels in (0, 1) (default 0.5,0.7,0.9).")
+_BATCHES = flags.DEFINE_string("batches", None, "Comma-separated batch sizes (default 1,8,64; --quick 1,8).")
+_SEQS = flags.DEFINE_string("seqs", None, "Comma-separated sequence lengths (default 128,256; --quick 128).")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed samples per variant, interleaved (default 5; --quick 3).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, ["float32", "bfloat16"], "Computation dtype; params stay float32 (default float32)."
+)
+_TRAINING = flags.DEFINE_bool("training", True, "Time the train steps too (--notraining: inference only).")
+_MAX_TOKENS = flags.DEFINE_integer(
+    "max_tokens", None, "Skip inference cases of more than this many tokens per call (default 0: none)."
 )
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "On an error, show the full Python traceback instead of one line (or set FLAXPRUNE_DEBUG=1)."
@@ -122,6 +146,29 @@ def export_main() -> None:
     print(f"exported {manifest['source']} to {pathlib.Path(_OUTPUT.value).absolute()}")
     print(f"{manifest['model_class']}: {manifest['total_params']:,} params, inputs {shapes}, "
           f"platforms {', '.join(manifest['platforms'])}")
+
+
+def bench_main() -> None:
+    """``flaxprune bench`` / ``experiments/bench.py``: the speed suite; writes its results files, prints the summary."""
+    from flaxprune import benchmark, benchmark_report
+
+    values = {f.name: (f.value if FLAGS[f.name].present else None) for f in _BENCH_FLAGS}
+    values["quick"], values["training"] = _QUICK.value, _TRAINING.value
+    try:
+        options = benchmark.parse_flags(values)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    writer = benchmark_report.results_writer()  # before anything runs: an install without it fails at once
+    result = benchmark.run(options)
+    path = benchmark_report.write(result, options.output, options.quick, writer)
+    lines = benchmark_report.markdown(result)
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Summary"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    print("\n".join(lines[start:end]).rstrip())
+    print(f"\nwrote {path} and {path.with_suffix('.json')}")
+
+
+_BENCH_FLAGS = (_SIZE, _MODELS, _LEVELS, _BATCHES, _SEQS, _REPEATS, _DTYPE, _MAX_TOKENS, _OUTPUT)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,6 +260,15 @@ TPU, batch and sequence length symbolic where the model allows), weights.npz and
 or empty, or an earlier export with --overwrite. Loading it needs only jax, numpy and flatbuffers: see the
 README or flaxprune/export.py for the ten lines."""
 
+_BENCH_NOTES = """\
+Times, for the SRU LM, Transformer-XL and the BERT classifier, the model shrink returns at each --levels
+sparsity (gates set without training, every gated layer cut by that fraction) against the unpruned gated
+model in eval mode, the ungated and the dense model of the same size, over --batches x --seqs, all variants
+interleaved in one process; and the train step (dense, ungated, and gated with the Lagrangian). Writes
+--output/bench_<backend>.md and .json (bench_<backend>_quick.* with --quick): every raw sample, the
+environment, the measured and theoretical (FLOPs) speedups and their ratio. Notes written by hand below the
+marker in the .md survive a rerun. The full suite takes about 20 minutes on 2 CPU cores."""
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -281,6 +337,31 @@ COMMANDS: dict[str, Command] = {
             examples=(
                 "flaxprune export --workdir=/tmp/run --output=/tmp/run_export",
                 "flaxprune export --checkpoint=/tmp/run_small --output=/tmp/run_export --overwrite",
+            ),
+        ),
+        Command(
+            name="bench",
+            summary="Time reduced models against unpruned ones (inference grid, train steps); write the tables.",
+            run=bench_main,
+            args=(
+                Arg(_QUICK),
+                Arg(_SIZE),
+                Arg(_MODELS, "LIST"),
+                Arg(_LEVELS, "LIST"),
+                Arg(_BATCHES, "LIST"),
+                Arg(_SEQS, "LIST"),
+                Arg(_REPEATS, "N"),
+                Arg(_DTYPE),
+                Arg(_TRAINING),
+                Arg(_MAX_TOKENS, "N"),
+                Arg(_OUTPUT, "DIR"),
+                *COMMON_ARGS,
+            ),
+            notes=_BENCH_NOTES,
+            examples=(
+                "flaxprune bench --quick",
+                "flaxprune bench --models=sru,bert --levels=0.7 --batches=8,64 --seqs=128",
+                "flaxprune bench --quick --size=tiny --repeats=2 --notraining --output=/tmp/bench",
             ),
         ),
     )

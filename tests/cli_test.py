@@ -401,3 +401,68 @@ def test_export_flags_reach_the_library_and_it_prints_where_and_what(tmp_path, m
     )
     assert cli.main(["export", f"--checkpoint={tmp_path}", f"--output={out}", "--overwrite"]) == 0
     assert seen == [(str(tmp_path), str(out), False, True), (str(tmp_path), str(out), True, False)]
+
+
+# --- bench: the speed suite ----------------------------------------------------------------------------
+
+
+def _no_suite(*args, **kwargs):
+    raise AssertionError("the suite ran despite a bad flag")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--levels=0.5,1.5"], "--levels=0.5,1.5 is not accepted; accepted: comma-separated sparsities in (0, 1)"),
+        (["--models=sru,lstm"], "--models=sru,lstm is not accepted; accepted: a comma-separated subset of sru,txl"),
+        (["--batches=8,x"], "--batches=8,x is not accepted; accepted: comma-separated integers"),
+        (["--seqs=600"], "--seqs=600 is not accepted; accepted: lengths <= 512 with bert among --models"),
+        (["--repeats=0"], "--repeats=0 is not accepted; accepted: an integer >= 1"),
+        (["--repeats=many"], "flag --repeats=many"),
+        (["--size=huge"], "--size=huge: value should be one of <full|small|tiny>"),
+        (["--dtype=float16"], "--dtype=float16: value should be one of <float32|bfloat16>"),
+        (["--workdir={tmp}/run"], "--workdir is not a flag of bench"),
+    ],
+)
+def test_bench_bad_flags_are_one_line_exit_2_before_anything_runs(argv, message, tmp_path, monkeypatch, capsys):
+    from flaxprune import benchmark
+
+    monkeypatch.setattr(benchmark, "run", _no_suite)
+    argv = ["bench", *(arg.format(tmp=tmp_path) for arg in argv), f"--output={tmp_path / 'results'}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flaxprune bench: ") and message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_output_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    from flaxprune import benchmark
+
+    monkeypatch.setattr(benchmark, "run", _no_suite)
+    (tmp_path / "results").write_text("mine")
+    assert cli.main(["bench", "--quick", f"--output={tmp_path / 'results'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flaxprune bench: --output=") and "accepted: a folder" in err and err.count("\n") == 1
+    assert (tmp_path / "results").read_text() == "mine"
+
+
+@pytest.mark.e2e
+def test_bench_runs_the_suite_and_writes_its_files(tmp_path, capsys):
+    argv = ["bench", "--quick", "--size=tiny", "--models=sru", "--levels=0.5", "--batches=2", "--seqs=16",
+            "--repeats=1", "--notraining", f"--output={tmp_path}"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## Summary") and "| sru_tiny | 0.5 (0.500) |" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_cpu_quick.json", "bench_cpu_quick.md"]
+    saved = json.loads((tmp_path / "bench_cpu_quick.json").read_text())
+    assert saved["command"].startswith("python experiments/bench.py --quick --size=tiny --models=sru --levels=0.5")
+    assert [r["variant"] for r in saved["rows"][1:]] == ["gated", "ungated", "dense", "pruned_0.5"]
+
+
+@pytest.mark.e2e
+def test_the_bench_script_is_the_bench_command():
+    command = [sys.executable, str(REPO / "experiments" / "bench.py"), "--help"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == subprocess.run([sys.executable, "-m", "flaxprune.cli", "bench", "--help"], cwd=REPO,
+                                         capture_output=True, text=True, timeout=300, check=False).stdout
