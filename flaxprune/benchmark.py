@@ -60,6 +60,7 @@ from flaxprune.benchmark_models import (
     train_step_fn,
 )
 from flaxprune.flops import flops_per_token, param_bytes
+from flaxprune.host_memory import is_kept
 from flaxprune.lagrangian import flop_optimizer, init_multipliers
 from flaxprune.models import BertConfig
 from flaxprune.size import hard_sparsity
@@ -288,6 +289,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "keep_freed_memory": is_kept(),
         "dtype": options.dtype,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),

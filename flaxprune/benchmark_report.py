@@ -143,7 +143,8 @@ def markdown(result: dict) -> list[str]:
         f"{env.get('seconds', 0) / 60:.1f} min, {env['started']}.",
         f"jax {env['jax']}, flax {env['flax']}, Python {env['python']}; backend {env['backend']} "
         f"({env['device_kind']}), {env['cpu_count']} CPUs, XLA_FLAGS='{env['xla_flags']}', "
-        f"computation dtype {env['dtype']}"
+        f"computation dtype {env['dtype']}; freed host memory kept (flaxprune.host_memory): "
+        f"{'yes' if env.get('keep_freed_memory') else 'no'}"
         + (f"; load average {load[0][0]:.1f} at the start, {load[1][0]:.1f} at the end." if all(load) else "."),
         "",
         "Inference: one eval-mode forward call on batch x seq tokens. `gated` is the unpruned model (FLOP's gates, "

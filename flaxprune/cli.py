@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl  # where it loads a config file
 
 import flaxprune
+from flaxprune.host_memory import keep_freed_memory
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
@@ -568,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flaxprune {command.name}: {e}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+    keep_freed_memory()  # before the command's first computation: see flaxprune.host_memory
     try:
         command.run()
     except KeyboardInterrupt:
