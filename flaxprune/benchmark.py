@@ -39,6 +39,11 @@ import os
 import pathlib
 import platform
 import sys
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -217,10 +222,13 @@ def time_interleaved(
 
     Every call's outputs are waited for (``jax.block_until_ready``) inside the
     timed region. The last warm-up call sets ``number``, the calls per sample, so that a
-    sample takes at least ``min_seconds``.
+    sample takes at least ``min_seconds``. The process's minor page faults are counted
+    around each sample too: memory the allocator hands out fresh (the kernel zeroes each
+    page on first touch) is time that the variant's own work does not explain.
 
     Returns:
-      ``{name: {'samples': [seconds per call, one per round], 'number': calls per sample}}``.
+      ``{name: {'samples': [seconds per call, one per round], 'number': calls per sample,
+      'faults': [minor page faults per call, one per round]}}``.
     """
     numbers = {}
     for name, fn in calls.items():
@@ -231,13 +239,20 @@ def time_interleaved(
             elapsed = clock() - start
         numbers[name] = max(1, math.ceil(min_seconds / elapsed)) if min_seconds > 0 and elapsed > 0 else 1
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    faults: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            start = clock()
+            faults_before, start = _minor_faults(), clock()
             for _ in range(numbers[name]):
                 jax.block_until_ready(fn())
             samples[name].append((clock() - start) / numbers[name])
-    return {name: {"samples": samples[name], "number": numbers[name]} for name in calls}
+            faults[name].append((_minor_faults() - faults_before) / numbers[name])
+    return {name: {"samples": samples[name], "number": numbers[name], "faults": faults[name]} for name in calls}
+
+
+def _minor_faults() -> int:
+    """The process's minor page faults so far (0 where ``resource`` does not exist: Windows)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -381,6 +396,7 @@ def bench_inference(spec: ModelSpec, options: BenchOptions, log: Callable[[str],
                     **stats,
                     "samples_s": timings[name]["samples"],
                     "calls_per_sample": timings[name]["number"],
+                    "page_faults_per_call": float(np.median(timings[name]["faults"])),
                     **info[name],
                     "param_bytes": param_bytes(params),
                     "flops_per_token": flops / (batch * seq),
@@ -434,9 +450,12 @@ def bench_training(spec: ModelSpec, options: BenchOptions, log: Callable[[str], 
             **stats,
             "samples_s": timings[name]["samples"],
             "calls_per_sample": timings[name]["number"],
+            "page_faults_per_call": float(np.median(timings[name]["faults"])),
             **info[name],
             "vs_ungated": stats["median_s"] / medians["ungated"],
             "vs_dense": stats["median_s"] / medians["dense"],
         })
-    log(f"bench: {spec.name} train {batch} x {seq}: " + ", ".join(f"{n} {m * 1e3:.0f} ms" for n, m in medians.items()))
+    faults = {name: rows[i]["page_faults_per_call"] for i, (name, _) in enumerate(TRAIN_VARIANTS)}
+    log(f"bench: {spec.name} train {batch} x {seq}: "
+        + ", ".join(f"{n} {m * 1e3:.0f} ms ({faults[n] * 4 / 1024:.0f} MB faulted)" for n, m in medians.items()))
     return rows

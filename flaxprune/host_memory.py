@@ -12,8 +12,9 @@ so pruning's gain looked smaller than it is.
 
 :func:`keep_freed_memory` sets glibc's ``mallopt`` so freed memory stays in
 the process and the next call reuses it: no ``mmap`` for large blocks
-(``M_MMAP_MAX = 0``), no trimming of the heap's top (``M_TRIM_THRESHOLD``
-2 GiB) and one arena (``M_ARENA_MAX = 1``: a thread arena's heap is at
+(``M_MMAP_MAX = 0``), no trimming of the heap's top (``M_TRIM_THRESHOLD =
+-1``; any finite threshold fits in an ``int``, 2 GiB, and a BERT training
+step's temporaries are larger) and one arena (``M_ARENA_MAX = 1``: a thread arena's heap is at
 most 64 MiB, so larger blocks would be mapped anyway). The process then
 keeps its peak heap; nothing else changes, numerics included.
 
@@ -36,7 +37,7 @@ __all__ = ["ENV", "SETTINGS", "is_kept", "keep_freed_memory"]
 
 ENV = "FLAXPRUNE_KEEP_FREED_MEMORY"
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # <malloc.h>
-SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1))
+SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))  # -1: never trim (mallopt(3))
 _APPLIED: list[bool] = []  # what keep_freed_memory did in this process, in order
 
 
