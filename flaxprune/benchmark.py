@@ -457,5 +457,5 @@ def bench_training(spec: ModelSpec, options: BenchOptions, log: Callable[[str], 
         })
     faults = {name: rows[i]["page_faults_per_call"] for i, (name, _) in enumerate(TRAIN_VARIANTS)}
     log(f"bench: {spec.name} train {batch} x {seq}: "
-        + ", ".join(f"{n} {m * 1e3:.0f} ms ({faults[n] * 4 / 1024:.0f} MB faulted)" for n, m in medians.items()))
+        + ", ".join(f"{n} {m * 1e3:.0f} ms ({faults[n]:.0f} page faults)" for n, m in medians.items()))
     return rows

@@ -65,7 +65,19 @@ def test_variants_are_timed_interleaved_and_every_call_is_waited_for():
     # one warm-up each, then A B A B A B with 4 calls of A (0.25 s) and 2 of B (0.5 s) per sample
     assert calls == ["A", "B"] + (["A"] * 4 + ["B"] * 2) * 3
     assert all(log[i + 1] == f"{name} ready" for i, name in enumerate(log) if not name.endswith("ready"))
-    assert timings == {"A": {"samples": [0.25] * 3, "number": 4}, "B": {"samples": [0.5] * 3, "number": 2}}
+    assert {n: (t["samples"], t["number"]) for n, t in timings.items()} == {"A": ([0.25] * 3, 4), "B": ([0.5] * 3, 2)}
+    assert all(len(t["faults"]) == 3 and min(t["faults"]) >= 0 for t in timings.values())
+
+
+def test_page_faults_per_call_count_fresh_memory():
+    # 64 MB of fresh memory per call: glibc maps it anew each time (this test process never called
+    # keep_freed_memory) and the kernel faults in its 16k pages of 4 KiB as the bytes are written (bytes, not
+    # numpy: numpy asks for transparent huge pages, 2 MiB a fault).
+    timings = benchmark.time_interleaved(
+        {"fresh": lambda: b"\x01" * (64 * 2**20), "none": lambda: 0}, repeats=3, warmup=1
+    )
+    assert min(timings["fresh"]["faults"]) > 0.9 * 64 * 2**20 / 4096, timings["fresh"]["faults"]
+    assert max(timings["none"]["faults"]) < 100, timings["none"]["faults"]
 
 
 def test_without_min_seconds_a_sample_is_one_call():
