@@ -65,7 +65,7 @@ from flaxprune.benchmark_models import (
     train_step_fn,
 )
 from flaxprune.flops import flops_per_token, param_bytes
-from flaxprune.host_memory import is_kept
+from flaxprune.host_memory import is_kept, keep_freed_memory
 from flaxprune.lagrangian import flop_optimizer, init_multipliers
 from flaxprune.models import BertConfig
 from flaxprune.size import hard_sparsity
@@ -75,6 +75,7 @@ __all__ = [
     "BenchOptions",
     "QUICK",
     "bench_inference",
+    "bench_model",
     "bench_training",
     "compile_timed",
     "environment",
@@ -104,6 +105,8 @@ class BenchOptions:
       size: ``'full'``, ``'small'`` (``--quick``) or ``'tiny'`` (tests).
       dtype: computation dtype, ``'float32'`` or ``'bfloat16'``.
       training: time the train steps too.
+      isolate: time each model in a fresh Python process (:func:`bench_model` there), so no model's
+        timings depend on the heap and caches the models before it left (one process for all: False).
       quick: the run is ``--quick`` (its files are ``bench_<backend>_quick.*``).
       max_tokens: skip inference cases of more than ``batch * seq`` tokens (0: none).
       warmup: untimed calls per variant before the samples.
@@ -119,6 +122,7 @@ class BenchOptions:
     size: str = "full"
     dtype: str = "float32"
     training: bool = True
+    isolate: bool = True
     quick: bool = False
     max_tokens: int = 0
     warmup: int = 1
@@ -167,6 +171,7 @@ class BenchOptions:
             f"--repeats={self.repeats}",
             f"--dtype={self.dtype}",
             "" if self.training else "--notraining",
+            "" if self.isolate else "--noisolate",
             f"--max_tokens={self.max_tokens}" if self.max_tokens else "",
             f"--output={self.output}" if self.output != DEFAULT_OUTPUT else "",
         ]
@@ -323,14 +328,54 @@ def run(options: BenchOptions, log: Callable[[str], None] = lambda line: print(l
     begin = time.perf_counter()
     rows = []
     for family in options.models:
-        for spec in model_specs(family, options.size, DTYPES[options.dtype]):
-            rows += bench_inference(spec, options, log)
-            if options.training:
-                rows += bench_training(spec, options, log)
+        for index, spec in enumerate(model_specs(family, options.size, DTYPES[options.dtype])):
+            if options.isolate:
+                rows += _bench_model_in_fresh_process(options, family, index)
+            else:
+                rows += bench_model(options, family, index, log)
             log(f"bench: {spec.name} done at {time.perf_counter() - begin:.0f} s")
     env["seconds"] = time.perf_counter() - begin
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {"environment": env, "rows": rows}
+
+
+def bench_model(options: BenchOptions, family: str, index: int, log: Callable[[str], None]) -> list[dict]:
+    """The rows of one model, ``model_specs(family, options.size)[index]``: inference, then training."""
+    spec = model_specs(family, options.size, DTYPES[options.dtype])[index]
+    rows = bench_inference(spec, options, log)
+    if options.training:
+        rows += bench_training(spec, options, log)
+    return rows
+
+
+def _bench_model_in_fresh_process(options: BenchOptions, family: str, index: int) -> list[dict]:
+    """:func:`bench_model` in a child ``python -m flaxprune.benchmark`` (its log goes to this stderr)."""
+    import json
+    import subprocess
+    import tempfile
+
+    request = {"options": dataclasses.asdict(options), "family": family, "index": index, "keep": is_kept()}
+    with tempfile.TemporaryDirectory(prefix="flaxprune-bench-") as tmp:
+        out = pathlib.Path(tmp) / "rows.json"
+        done = subprocess.run([sys.executable, "-m", "flaxprune.benchmark", json.dumps(request), str(out)])
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"bench: the process timing {family} model {index} failed (exit {done.returncode}); "
+                               "its error is above. --noisolate runs every model in this process instead.")
+        return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m flaxprune.benchmark REQUEST_JSON OUT``: one model's rows, as JSON, to ``OUT``."""
+    import json
+
+    request = json.loads(argv[0])
+    if request["keep"]:
+        keep_freed_memory()  # as the parent process did, before this one's first computation
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in request["options"].items()}
+    rows = bench_model(BenchOptions(**fields), request["family"], request["index"],
+                       lambda line: print(line, file=sys.stderr, flush=True))
+    pathlib.Path(argv[1]).write_text(json.dumps(rows), encoding="utf-8")
+    return 0
 
 
 def _flops(params: Any, config: Any, seq: int, batch: int) -> int:
@@ -459,3 +504,7 @@ def bench_training(spec: ModelSpec, options: BenchOptions, log: Callable[[str], 
     log(f"bench: {spec.name} train {batch} x {seq}: "
         + ", ".join(f"{n} {m * 1e3:.0f} ms ({faults[n]:.0f} page faults)" for n, m in medians.items()))
     return rows
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -71,6 +71,9 @@ _DTYPE = flags.DEFINE_enum(
     "dtype", None, ["float32", "bfloat16"], "Computation dtype; params stay float32 (default float32)."
 )
 _TRAINING = flags.DEFINE_bool("training", True, "Time the train steps too (--notraining: inference only).")
+_ISOLATE = flags.DEFINE_bool(
+    "isolate", True, "Time each model in a fresh process (--noisolate: all in this one; heap state then carries over)."
+)
 _MAX_TOKENS = flags.DEFINE_integer(
     "max_tokens", None, "Skip inference cases of more than this many tokens per call (default 0: none)."
 )
@@ -154,7 +157,7 @@ def bench_main() -> None:
     from flaxprune import benchmark, benchmark_report
 
     values = {f.name: (f.value if FLAGS[f.name].present else None) for f in _BENCH_FLAGS}
-    values["quick"], values["training"] = _QUICK.value, _TRAINING.value
+    values["quick"], values["training"], values["isolate"] = _QUICK.value, _TRAINING.value, _ISOLATE.value
     try:
         options = benchmark.parse_flags(values)
     except ValueError as e:
@@ -354,6 +357,7 @@ COMMANDS: dict[str, Command] = {
                 Arg(_REPEATS, "N"),
                 Arg(_DTYPE),
                 Arg(_TRAINING),
+                Arg(_ISOLATE),
                 Arg(_MAX_TOKENS, "N"),
                 Arg(_OUTPUT, "DIR"),
                 *COMMON_ARGS,

@@ -184,7 +184,7 @@ def inference_run():
 
 @pytest.fixture(scope="module")
 def training_run():
-    options = benchmark.BenchOptions(**{**TINY, "levels": (0.5,)}, models=("sru",), training=True)
+    options = benchmark.BenchOptions(**{**TINY, "levels": (0.5,)}, models=("sru",), training=True, isolate=False)
     return benchmark.run(options, log=lambda line: None)
 
 

@@ -175,3 +175,47 @@ def test_per_task_flags_and_the_config_they_give():
     c = glue_minilm.config_for("stsb", "flop", args)
     assert c.optim.lambda_learning_rate == 0.03 and c.train.steps == 360  # ceil(2 * 5749 / 32)
     assert c.optim.gate_learning_rate == 0.1 and c.prune.target_warmup == 180
+
+
+@pytest.mark.e2e
+def test_compaction_speed_script_runs_both_runs_and_writes_the_table(tmp_path):
+    """``experiments/compaction_speed.py`` on a small text file: two runs, the speed report, a rerun reuses them."""
+    _import_from("experiments")
+    import compaction_speed
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(bytes(np.random.default_rng(0).integers(97, 123, 60_000).astype(np.uint8)))
+    results = tmp_path / "results"
+    args = [f"--data={text}", f"--workdir={tmp_path / 'runs'}", "--steps=40", "--compact-every=10",
+            "--threshold=0.3", "--model=tiny", f"--results={results}"]
+    assert compaction_speed.main(args) == 0
+    rows = json.loads((results / "compaction_speed_tiny_corpus.json").read_text())["rows"]
+    runs = {r["run"]: r for r in rows if r.get("kind") != "speed"}
+    assert set(runs) == {"plain", "compacting"}
+    assert all(0.0 <= r["hard_sparsity"] <= 1.0 and np.isfinite(r["valid_bpc"]) for r in runs.values())
+    speed = next(r for r in rows if r.get("kind") == "speed")
+    assert len(speed["logs"]) >= 5 and set(speed["step_tokens_per_s"]) == {"start shapes", "final compacted shapes"}
+    table = (results / "compaction_speed_tiny_corpus.md").read_text()
+    assert "| plain |" in table and "| compacting |" in table and "--model=tiny" in table
+    assert (tmp_path / "runs" / "data" / "text.txt").resolve() == text.resolve()
+    stamp = (tmp_path / "runs" / "plain" / "summary.json").stat().st_mtime_ns
+    assert compaction_speed.main(args) == 0  # the finished runs are reused, not trained again
+    assert (tmp_path / "runs" / "plain" / "summary.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [("--data={tmp}/missing.txt", "--data="), ("--target=1.5", "--target=1.5"), ("--model=huge", "--model='huge'"),
+     ("--compact-every=0", "--compact-every=0")],
+)
+def test_compaction_speed_bad_input_is_one_line_before_anything_is_written(tmp_path, capsys, flag, message):
+    _import_from("experiments")
+    import compaction_speed
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(b"abc" * 1000)
+    args = [f"--data={text}", f"--workdir={tmp_path / 'runs'}", flag.format(tmp=tmp_path)]
+    assert compaction_speed.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compaction_speed.py: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
