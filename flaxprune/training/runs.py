@@ -28,7 +28,23 @@ from flaxprune.training.checkpoint import (
 from flaxprune.training.state_compaction import train_model_config
 from flaxprune.training.task import build_task
 
-__all__ = ["evaluate_run", "load_run", "report_checkpoint", "shrink_run"]
+__all__ = ["evaluate_run", "finished_summary", "load_run", "report_checkpoint", "shrink_run"]
+
+
+def finished_summary(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``config`` in ``workdir``; None: train (or resume) it.
+
+    Finished: ``summary.json`` says ``done`` at ``config.train.steps`` and the
+    run's stored config equals ``config``. What an experiment script checks
+    before it trains, so rerunning its command reuses the runs it finished.
+    """
+    files = RunFiles(workdir)
+    if not (files.summary.is_file() and files.config.is_file()):
+        return None
+    if json.loads(files.config.read_text(encoding="utf-8")) != json.loads(config.to_json_best_effort()):
+        return None
+    done = json.loads(files.summary.read_text(encoding="utf-8"))
+    return done if done.get("status") == "done" and done.get("step") == config.train.steps else None
 
 
 def _experiment_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
