@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # tfds data dir ('' = ~/tensorflow_datasets)
     c.data.manual_dir = config_dict.placeholder(str)  # folder with the input file(s), if any
     c.data.max_bytes = config_dict.placeholder(int)  # 'stdlib' only: bytes of source to take (default 2 MB)
+    # Byte-level ids: 'bytes' (all 256 values) or 'corpus' (the training split's symbols and one id for the rest,
+    # as the original FLOP code); None for a word corpus (its vocabulary is its training words).
+    c.data.vocab = config_dict.FieldReference("bytes", field_type=str)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16  # parallel streams (split over devices)

@@ -13,7 +13,7 @@ from flaxprune.data.example_batching import ExampleBatcher, eval_batches
 from flaxprune.data.stdlib_corpus import split_bytes, stdlib_text
 
 _LAZY = {  # submodule -> the names it gives, imported on first use
-    "corpus": ["CORPUS_NAMES", "Corpus", "load_corpus", "read_stream"],
+    "corpus": ["BYTE_VOCABS", "CORPUS_NAMES", "Corpus", "corpus_symbols", "load_corpus", "read_stream"],
     "enwik8": ["Enwik8", "enwik8_split_sizes"],
     "stdlib_builder": ["StdlibCorpus"],
     "text_file": ["TextFile"],
@@ -25,6 +25,7 @@ _LAZY = {  # submodule -> the names it gives, imported on first use
 __getattr__, _, _ = lazy_loader.attach(__name__, submod_attrs=_LAZY)
 
 __all__ = [
+    "BYTE_VOCABS",
     "CORPUS_NAMES",
     "GLUE_TASKS",
     "Batch",
@@ -38,6 +39,7 @@ __all__ = [
     "TextFile",
     "WordPieceTokenizer",
     "batchify",
+    "corpus_symbols",
     "enwik8_split_sizes",
     "eval_batches",
     "load_corpus",

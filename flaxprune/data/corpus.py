@@ -25,10 +25,11 @@ from flaxprune.data import enwik8 as enwik8_lib
 from flaxprune.data import text_file as text_file_lib
 from flaxprune.data.stdlib_builder import StdlibCorpus
 
-__all__ = ["CORPUS_NAMES", "Corpus", "load_corpus", "read_stream"]
+__all__ = ["BYTE_VOCABS", "CORPUS_NAMES", "Corpus", "corpus_symbols", "load_corpus", "read_stream"]
 
 CORPUS_NAMES = ("enwik8", "text_char", "text_word", "stdlib")
 BYTE_VOCAB_SIZE = 256
+BYTE_VOCABS = ("bytes", "corpus")  # byte-level ids: every byte value, or the symbols of the training split
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -43,6 +44,9 @@ class Corpus:
       vocab_size: the number of ids: 256 for bytes, ``len(vocab)`` for words.
       vocab: for word level, the tokens by id (``vocab[i]`` is id ``i``);
         None for byte level, where id ``i`` is byte value ``i``.
+      symbols: byte level with ``vocab='corpus'``: the byte values by id
+        (``symbols[i]`` is id ``i``; the last id, ``len(symbols)``, stands for
+        every byte that train does not hold); None otherwise.
     """
 
     train: np.ndarray
@@ -50,6 +54,7 @@ class Corpus:
     test: np.ndarray
     vocab_size: int
     vocab: tuple[str, ...] | None = None
+    symbols: tuple[int, ...] | None = None
 
 
 def read_stream(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
@@ -70,6 +75,19 @@ def read_stream(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
     return np.concatenate([np.asarray(c[key], dtype=dtype) for c in chunks])
 
 
+def corpus_symbols(train: np.ndarray, *splits: np.ndarray) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """The byte values of ``train`` in byte order, and every split (train first) mapped to their ids.
+
+    A byte that ``train`` does not hold (seen first in valid or test) maps to
+    the one extra id ``len(symbols)``, so the vocabulary, and the model's
+    size, depend on the training split only.
+    """
+    symbols = np.unique(np.asarray(train, np.int64))
+    table = np.full(BYTE_VOCAB_SIZE, len(symbols), np.int32)
+    table[symbols] = np.arange(len(symbols), dtype=np.int32)
+    return tuple(int(b) for b in symbols), [table[np.asarray(a, np.int64)] for a in (train, *splits)]
+
+
 def _check_source(builder: tfds.core.DatasetBuilder, expected: dict, name: str) -> None:
     recorded = builder.info.metadata.get("source")
     if recorded != expected:
@@ -85,6 +103,7 @@ def load_corpus(
     manual_dir: str | os.PathLike | None = None,
     *,
     max_bytes: int | None = None,
+    vocab: str | None = None,
 ) -> Corpus:
     """Loads a corpus as int32 arrays, preparing its tfds dataset if needed.
 
@@ -100,6 +119,10 @@ def load_corpus(
         Must be None for ``'stdlib'``.
       max_bytes: ``'stdlib'`` only: how many bytes of the standard library
         to take (default ``stdlib_builder.DEFAULT_MAX_BYTES``).
+      vocab: byte-level corpora only: ``'bytes'`` (the default: id ``i`` is
+        byte ``i``, 256 ids) or ``'corpus'`` (the symbols of the training
+        split, in byte order, plus one id for bytes first seen in valid or
+        test; :func:`corpus_symbols`), as the original FLOP code does.
 
     Returns:
       A ``Corpus``; bytes are widened to int32 (the full enwik8 then takes
@@ -119,6 +142,9 @@ def load_corpus(
         raise ValueError(f"load_corpus({name!r}): max_bytes={max_bytes} only applies to 'stdlib'.")
     if name == "stdlib" and manual_dir is not None:
         raise ValueError(f"load_corpus('stdlib'): manual_dir={manual_dir!r} must be None; it reads no files.")
+    if vocab is not None and (name == "text_word" or vocab not in BYTE_VOCABS):
+        accepted = "None (a word corpus's vocabulary is its training words)" if name == "text_word" else BYTE_VOCABS
+        raise ValueError(f"load_corpus({name!r}): vocab={vocab!r} is not accepted; accepted: {accepted}.")
 
     expected = None  # the input files, recorded in info.metadata['source'] at preparation
     if name == "stdlib":
@@ -151,9 +177,11 @@ def load_corpus(
         s: read_stream(builder, s) if s in builder.info.splits else np.zeros(0, np.int32)
         for s in ("train", "valid", "test")
     }
+    arrays = {s: a.astype(np.int32, copy=False) for s, a in splits.items()}
     if name == "text_word":
-        vocab = tuple(builder.info.metadata["vocab"])
-        vocab_size = len(vocab)
-    else:
-        vocab, vocab_size = None, BYTE_VOCAB_SIZE
-    return Corpus(**{s: a.astype(np.int32, copy=False) for s, a in splits.items()}, vocab_size=vocab_size, vocab=vocab)
+        words = tuple(builder.info.metadata["vocab"])
+        return Corpus(**arrays, vocab_size=len(words), vocab=words)
+    if vocab == "corpus":
+        symbols, (train, valid, test) = corpus_symbols(arrays["train"], arrays["valid"], arrays["test"])
+        return Corpus(train, valid, test, vocab_size=len(symbols) + 1, symbols=symbols)
+    return Corpus(**arrays, vocab_size=BYTE_VOCAB_SIZE)

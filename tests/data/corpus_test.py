@@ -107,3 +107,24 @@ def test_options_that_do_not_apply(tmp_path):
         load_corpus("stdlib", tmp_path, tmp_path)
     with pytest.raises(ValueError, match="max_bytes=5 only applies to 'stdlib'"):
         load_corpus("enwik8", tmp_path, tmp_path, max_bytes=5)
+
+
+def test_corpus_vocab_is_the_training_symbols_in_byte_order_plus_one_unseen_id(tmp_path):
+    manual = _write(tmp_path / "manual", {"train.txt": b"banana\n", "valid.txt": b"nab", "test.txt": b"cab!"})
+    corpus = load_corpus("text_char", tmp_path / "data", manual, vocab="corpus")
+    _assert_int32(corpus)
+    assert corpus.symbols == (ord("\n"), ord("a"), ord("b"), ord("n"))  # byte order: 10, 97, 98, 110
+    assert corpus.vocab_size == 5  # and id 4 for bytes train never shows
+    assert corpus.train.tolist() == [2, 1, 3, 1, 3, 1, 0]
+    assert corpus.valid.tolist() == [3, 1, 2]
+    assert corpus.test.tolist() == [4, 1, 2, 4]  # 'c' and '!' are not in train
+    same = load_corpus("text_char", tmp_path / "data", manual, vocab="bytes")  # the same prepared data, 256 ids
+    assert same.vocab_size == 256 and same.symbols is None and same.test.tolist() == list(b"cab!")
+
+
+def test_corpus_vocab_errors_name_the_value(tmp_path):
+    manual = _write(tmp_path / "manual", {"train.txt": b"a b\n"})
+    with pytest.raises(ValueError, match=r"vocab='chars' is not accepted; accepted: \('bytes', 'corpus'\)"):
+        load_corpus("text_char", tmp_path / "data", manual, vocab="chars")
+    with pytest.raises(ValueError, match="vocab='corpus' is not accepted; accepted: None"):
+        load_corpus("text_word", tmp_path / "data", manual, vocab="corpus")
