@@ -165,7 +165,9 @@ class GradientAscentTest(parameterized.TestCase):
         chex.assert_trees_all_close(updates, 0.01 * jnp.sign(g), rtol=1e-4)
 
     def test_maximises_a_concave_function(self):
-        f = lambda x: -jnp.sum(jnp.square(x - 2.0))  # maximum at 2
+        def f(x):
+            return -jnp.sum(jnp.square(x - 2.0))  # maximum at 2
+
         tx = lg.gradient_ascent(optax.sgd(0.1))
 
         def step(carry, _):
