@@ -15,21 +15,17 @@ error propagate with its traceback instead.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging as std_logging
 import os
 import pathlib
-import re
 import sys
-import traceback
-from collections.abc import Callable
 
 from absl import flags, logging
 from ml_collections import config_flags
-from ml_collections.config_flags import config_flags as config_flags_impl  # where it loads a config file
 
 import flaxprune
+from flaxprune.cli_table import Arg, Command
+from flaxprune.config_load_errors import CONFIG_NONE, DropConfigNoneWarning, usage_message
 from flaxprune.host_memory import keep_freed_memory
 
 FLAGS = flags.FLAGS
@@ -177,72 +173,6 @@ _BENCH_FLAGS = (_SIZE, _MODELS, _LEVELS, _BATCHES, _SEQS, _REPEATS, _DTYPE, _MAX
 
 # ---------------------------------------------------------------------------------------------------------
 # The table that dispatch and help both read.
-
-
-@dataclasses.dataclass(frozen=True)
-class Arg:
-    """One flag as a command takes it; the absl flag owns its help text and default."""
-
-    flag: flags.FlagHolder
-    metavar: str = "VALUE"  # --workdir=DIR; bool and enum flags show their own forms
-    required: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.flag.name
-
-    def usage(self) -> str:
-        """``--workdir=DIR``, ``--split=valid|test`` or ``--[no]reduced``."""
-        flag = FLAGS[self.name]
-        if isinstance(flag, flags.BooleanFlag):
-            return f"--[no]{self.name}"
-        if isinstance(flag, flags.EnumFlag):
-            return f"--{self.name}={'|'.join(flag.parser.enum_values)}"
-        return f"--{self.name}={self.metavar}"
-
-    def describe(self) -> str:
-        """``(required) <help>`` or ``(default: valid) <help>``, from the absl flag."""
-        flag = FLAGS[self.name]
-        if self.required:
-            status = "required"
-        elif flag.default is None:
-            status = "optional"
-        else:
-            status = f"default: {flag.default_as_str.strip(chr(39))}"  # absl quotes it: 'valid'
-        text = flag.help
-        if isinstance(flag, flags.EnumFlag):  # absl prefixes "<valid|test>: ", which usage() already shows
-            text = text.removeprefix(f"<{'|'.join(flag.parser.enum_values)}>: ")
-        return f"({status}) {text}"
-
-    def is_missing(self) -> bool:
-        value = self.flag.value
-        return value is None or (isinstance(value, str) and not value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    """A subcommand: what dispatch runs and what its ``--help`` prints."""
-
-    name: str
-    summary: str  # one line, for the overview and the head of --help
-    run: Callable[[], object]
-    args: tuple[Arg, ...]
-    examples: tuple[str, ...]  # whole command lines, each starting "flaxprune <name>"
-    usage_tail: str = ""  # what the usage line shows after the flags
-    notes: str = ""  # paragraphs after the flags
-
-    def usage(self) -> str:
-        shown = [a.usage() if a.required else f"[{a.usage()}]" for a in self.args]
-        return " ".join(["usage: flaxprune", self.name, *shown, *([self.usage_tail] if self.usage_tail else [])])
-
-    def help(self) -> str:
-        width = max(len(a.usage()) for a in self.args) + 2
-        lines = [f"flaxprune {self.name}: {self.summary}", "", self.usage(), "", "flags:"]
-        lines += [f"  {a.usage():<{width}}{a.describe()}" for a in self.args]
-        if self.notes:
-            lines += ["", self.notes]
-        lines += ["", "examples:", *(f"  {example}" for example in self.examples)]
-        return "\n".join(lines)
 
 
 COMMON_ARGS = (Arg(_DEBUG),)  # every command takes these
@@ -409,7 +339,7 @@ def _parse_flags(command: Command, args: list[str]) -> None:
     """
     argv = [f"flaxprune {command.name}", *args]
     saved_argv, sys.argv = sys.argv, argv  # config_flags reads its --config.* overrides from sys.argv
-    quiet = _DropConfigNoneWarning()  # config_flags warns of a get_config() returning None: an error below
+    quiet = DropConfigNoneWarning()  # config_flags warns of a get_config() returning None: an error below
     logging.get_absl_logger().addFilter(quiet)
     try:
         FLAGS.unparse_flags()  # FLAGS is global: forget the previous parse (tests call main many times)
@@ -442,92 +372,18 @@ def _parse_flags(command: Command, args: list[str]) -> None:
                 raise
             raise usage from e
         if config is None:
-            raise UsageError(_CONFIG_NONE)
+            raise UsageError(CONFIG_NONE)
     missing = [f"--{a.name}" for a in command.args if a.required and a.is_missing()]
     if missing:
         raise UsageError(f"missing required flag(s): {', '.join(missing)}")
 
 
-_CONFIG_NONE = (
-    "cannot load the --config file: its get_config() returned None; it must return the experiment's "
-    "ml_collections.ConfigDict."
-)
-
-
-class _DropConfigNoneWarning(std_logging.Filter):
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return "get_config() returned None" not in record.getMessage()
-
-
 def _usage_error(command: Command, args: list[str], error: Exception) -> UsageError | None:
     """The one-line UsageError for what parsing ``args`` raised; None for an error that is not one."""
-    failure = _config_load_failure(error)
-    if failure is not None:
-        return UsageError(f"cannot load the --config file: {_describe_load_failure(failure)}")
-    if isinstance(error, flags.Error):
-        return UsageError(f"{error} (flaxprune {command.name} --help lists its flags)")
-    if any("<class 'NoneType'>" in str(link) for link in _exception_chain(error)):  # overrides of a None config
-        return UsageError(_CONFIG_NONE)
-    if isinstance(error, (AttributeError, KeyError)):  # config_flags: an override of a key the config lacks
-        return UsageError(_unknown_key_message(error, args))
-    return None
-
-
-def _exception_chain(error: BaseException) -> list[BaseException]:
-    """``error``, then what it was raised from or while handling, and so on (the original last)."""
-    chain = [error]
-    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-    return chain
-
-
-def _config_load_failure(error: BaseException) -> BaseException | None:
-    """The original error of loading the --config file (running it, its get_config()), if ``error`` is one.
-
-    config_flags loads the file inside ``ConfigFileFlagParser.parse`` and re-raises, wraps or defers what it
-    raised (an OSError on the config's first use, a flag error with the traceback in its message): the
-    original is the deepest exception of the chain whose traceback passes through that function.
-    """
-    parser = getattr(config_flags_impl, "ConfigFileFlagParser", None)
-    parse = getattr(getattr(parser, "parse", None), "__code__", None)
-    found = None
-    for link in _exception_chain(error):
-        if parse is not None and any(frame.f_code is parse for frame, _ in traceback.walk_tb(link.__traceback__)):
-            found = link
-    return found
-
-
-def _describe_load_failure(error: BaseException) -> str:
-    """One line: what went wrong in the config file, and where."""
-    if isinstance(error, SyntaxError):
-        return f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
-    if isinstance(error, OSError):  # config_flags' last line: "[Errno 2] No such file or directory: 'x.py'"
-        return str(error).strip().splitlines()[-1].strip()
-    if isinstance(error, AttributeError) and getattr(error, "name", None) == "get_config":
-        return "the file defines no get_config(); it must define get_config() returning a ConfigDict."
-    message = " ".join(str(error).split())
-    frames = traceback.extract_tb(error.__traceback__)
-    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}: {message}{where}"
-
-
-def _unknown_key_message(error: BaseException, args: list[str]) -> str:
-    """``--config.train.stepz names a key the config lacks ('stepz'; did you mean 'steps'?); ...``.
-
-    config_flags raises ``AttributeError(KeyError("'stepz'\\nDid you mean ...?"))`` from ``KeyError('stepz')``.
-    """
-    chain = _exception_chain(error)
-    keys = [e.args[0] for e in chain if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str)]
-    key = keys[-1] if keys else None  # the deepest: the bare key
-    texts = [str(link.args[0]) for link in chain if link.args]
-    suggestion = next((m.group(1) for t in texts if (m := re.search(r'Did you mean "([^"]+)"', t))), None)
-    overrides = [a.split("=", 1)[0] for a in args if re.match(r"--?config\.", a)]
-    named = [o for o in overrides if key is not None and key in o.split(".")[1:]]
-    what = named[-1] if named else "a --config.* override"
-    detail = f"{key!r}" if key is not None else " ".join(str(error).split())
-    if suggestion:
-        detail += f"; did you mean {suggestion!r}?"
-    return f"{what} names a key the config lacks ({detail}); the config file lists the accepted keys."
+    message = usage_message(error, args)
+    if message is None and isinstance(error, flags.Error):
+        message = f"{error} (flaxprune {command.name} --help lists its flags)"
+    return None if message is None else UsageError(message)
 
 
 def _debugging() -> bool:
