@@ -37,6 +37,7 @@ import numpy as np
 
 from flaxprune.host_memory import keep_freed_memory
 from results_files import command_line, write_results  # experiments/, this script's folder
+from train_step_call import train_step_call
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("small", "bench", "tiny")
@@ -126,35 +127,9 @@ def step_seconds(configs: dict, repeats: int = 7) -> dict[str, float]:
 
     ``model_config`` None: the model ``config`` builds (the start shapes).
     """
-    import jax
-    import jax.numpy as jnp
+    from flaxprune.benchmark_timing import summarize, time_interleaved
 
-    from flaxprune.benchmark import summarize, time_interleaved
-    from flaxprune.training import initial_state_fn, prepare
-    from flaxprune.training.state_compaction import task_for
-    from flaxprune.training.steps import make_train_step
-
-    calls = {}
-    for name, (config, model_config) in configs.items():
-        run = prepare(config, "/nonexistent")  # builds model, optimizer, data; writes nothing
-        task = run.task if model_config is None else task_for(run.task, model_config)
-        state = jax.jit(initial_state_fn(task, run.tx, config.train.seed, config.train.batch_size))()
-        step = jax.jit(
-            make_train_step(task, run.tx, prune=run.prune, target_fn=run.target_fn, gate=run.model_config.plan.gate,
-                            basis=run.basis, reference=run.prunable),
-            donate_argnums=0,
-        )
-        b, t = config.train.batch_size, config.train.seq_len
-        train = run.task.corpus.train
-        batch = {"x": jnp.asarray(train[: b * t].reshape(b, t)), "y": jnp.asarray(train[1: b * t + 1].reshape(b, t)),
-                 "reset": jnp.asarray(False)}
-        holder = [state]
-
-        def call(step=step, holder=holder, batch=batch):
-            holder[0], metrics = step(holder[0], batch)
-            return metrics
-
-        calls[name] = call
+    calls = {name: train_step_call(config, model_config) for name, (config, model_config) in configs.items()}
     timings = time_interleaved(calls, repeats=repeats, warmup=2, min_seconds=0.5)
     return {name: summarize(t["samples"])["median_s"] for name, t in timings.items()}
 

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flaxprune.host_memory import keep_freed_memory
 from results_files import command_line, write_results  # experiments/, this script's folder
+from train_step_call import train_step_call
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = (("dense", None), ("flop_50", 0.5), ("flop_80", 0.8))
@@ -43,31 +44,12 @@ def train_seconds_per_step(config, repeats: int = 20) -> float:
     """Median seconds of one jitted train step of the model ``config`` builds (fresh params, fixed batch)."""
     import time
 
-    import jax.numpy as jnp
-
-    from flaxprune.training import initial_state_fn, prepare
-    from flaxprune.training.steps import make_train_step
-
-    run = prepare(config, "/nonexistent")  # builds model, optimizer, data; writes nothing
-    state = jax.jit(initial_state_fn(run.task, run.tx, config.train.seed, config.train.batch_size))()
-    step = jax.jit(
-        make_train_step(run.task, run.tx, prune=run.prune, target_fn=run.target_fn, gate=run.model_config.plan.gate),
-        donate_argnums=0,
-    )
-    b, t = config.train.batch_size, config.train.seq_len
-    train = run.task.corpus.train
-    batch = {
-        "x": jnp.asarray(train[: b * t].reshape(b, t)),
-        "y": jnp.asarray(train[1 : b * t + 1].reshape(b, t)),
-        "reset": jnp.asarray(False),
-    }
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
+    call = train_step_call(config)
+    jax.block_until_ready(call())  # compiles
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(call())
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
