@@ -41,6 +41,7 @@ __all__ = [
     "agp_pruning",
     "agp_sparsity",
     "default_prunable",
+    "l1_subgradient",
     "magnitude_mask",
     "mask_sparsity",
 ]
@@ -171,6 +172,26 @@ def agp_pruning(
         return new_updates, AGPState(count=optax.safe_increment(step), masks=masks, inner=inner_state)
 
     return optax.GradientTransformation(init, update)
+
+
+def l1_subgradient(strength: float, prunable: Prunable = default_prunable) -> optax.GradientTransformation:
+    """Adds ``strength * sign(w)`` to the gradient of every prunable leaf: an L1 penalty's subgradient.
+
+    The structured AGP baseline's optional L1 on the diagonal between the
+    factors (pulls entries toward zero before the magnitude masks cut them).
+    """
+    _check("strength", strength, isinstance(strength, numbers.Real) and math.isfinite(strength) and strength >= 0,
+           "a finite number >= 0")
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("l1_subgradient: update needs params (their signs).")
+        return jax.tree_util.tree_map_with_path(
+            lambda path, g, p: g + strength * jnp.sign(p).astype(g.dtype) if prunable(path, p) else g,
+            updates, params,
+        ), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _mask_mirrors(inner_state: Any, masks: Any, params: Any) -> Any:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -311,6 +311,7 @@ def flop_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    wrap_weights: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = None,
 ) -> optax.GradientTransformation:
     """One optimizer for the whole trainable pytree, one transform per group.
 
@@ -347,6 +348,9 @@ def flop_optimizer(
       b1: AdamW's first-moment decay, in [0, 1).
       b2: AdamW's second-moment decay, in [0, 1).
       eps: AdamW's denominator epsilon (>= 0).
+      wrap_weights: applied to the weights' transform (clipping and AdamW),
+        e.g. ``lambda inner: agp_pruning(inner, ...)`` for AGP's magnitude
+        masks (:mod:`flaxprune.agp`); it sees the weights alone.
 
     Returns:
       An ``optax.GradientTransformation``; ``init`` takes the whole trainable
@@ -379,6 +383,8 @@ def flop_optimizer(
         clip,
         optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask),
     )
+    if wrap_weights is not None:
+        weights = wrap_weights(weights)
     transforms = {
         "weights": weights,
         "gates": optax.adam(gate_learning_rate),

@@ -216,7 +216,7 @@ def shrink(params: Mapping[str, Any], config: Config) -> tuple[dict[str, Any], C
 
     def cut(path: str, node: Mapping[str, Any], layout: Layout) -> Mapping[str, Any] | None:
         groups = layout.groups(node)
-        if not groups:
+        if not groups and not (layout.cuts is not None and layout.cuts(node)):
             return node  # an ungated layer stays as it is
         check_finite_gates("shrink", path, groups)
         node_out, spec = layout.shrink(path, node, plan.gate)

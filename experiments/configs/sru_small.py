@@ -69,6 +69,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.prune.gate_range = (2.5, 8.0)  # 'spectral': log_alpha of a zero and of the largest singular component
     c.prune.compact_every = 0  # every how many steps to drop components with P(z != 0) < compact_threshold; 0: never
     c.prune.compact_threshold = 1e-3  # compaction: training gets faster as it prunes (flaxprune.compaction)
+    # How the SRU's W matrices are pruned (flaxprune.methods): 'flop', or a baseline: 'agp' (magnitude, dense
+    # kernels), 'agp_structured' (magnitude of a learned diagonal between P and Q), 'l0' (a gate per weight),
+    # 'l0_block' (a gate per block). Every method but 'flop' is for the SRU only.
+    c.prune.method = "flop"
+    c.prune.block = (16, 16)  # 'l0_block': rows x columns of a gated block; must divide every W
+    c.prune.agp_start = 0  # AGP: the step its cubic schedule starts; it ends at target_warmup
+    c.prune.agp_frequency = 100  # AGP: steps between two magnitude-mask updates
+    c.prune.agp_l1 = 0.0  # 'agp_structured': L1 strength on the diagonal (0: none)
 
     c.init_from = ""  # earlier run's workdir to warm-start from (dense or factorized)
     return c

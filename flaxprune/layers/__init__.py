@@ -10,9 +10,13 @@ with the path (:func:`flaxprune.param_tree.layout_of`):
 reserved name in a node            the node must hold exactly
 =================================  ==============================================================
 ``P`` or ``Q``                     ``FactorizedDense``: ``P: [in, rank]``, ``Q: [rank, out]``;
-                                   optionally ``bias: [out]``, ``log_alpha: [rank]``
+                                   optionally ``bias: [out]``, ``log_alpha: [rank]``, ``diag: [rank]``
 ``kernel`` beside ``log_alpha``    ``InputGatedDense``: ``kernel: [in, out]``, ``log_alpha: [in]``;
                                    optionally ``bias: [out]``
+``log_alpha_weight``               ``WeightGatedDense``: ``kernel: [in, out]``,
+                                   ``log_alpha_weight: [in, out]``; optionally ``bias: [out]``
+``log_alpha_block``                ``BlockGatedDense``: ``kernel: [in, out]``,
+                                   ``log_alpha_block: [in / b_in, out / b_out]``; optionally ``bias``
 a 2-D ``kernel``                   a dense layer (``nn.Dense``, or what surgery leaves):
                                    ``kernel: [in, out]``; optionally ``bias: [out]``
 ``embedding_i``, ``projection_i``, adaptive embedding / softmax: per cluster ``i``
@@ -32,14 +36,29 @@ from flaxprune.layers.adaptive import AdaptiveEmbedding, AdaptiveSoftmax, Adapti
 from flaxprune.layers.adaptive_layout import ADAPTIVE_LAYOUT
 from flaxprune.layers.dense_layout import DENSE_LAYOUT
 from flaxprune.layers.factorized import FACTORIZED_LAYOUT, FactorizedDense, FactorizedSpec, default_rank
+from flaxprune.layers.gated_kernel import (
+    BLOCK_GATED_LAYOUT,
+    WEIGHT_GATED_LAYOUT,
+    BlockGatedDense,
+    MaskedDenseSpec,
+    WeightGatedDense,
+)
 from flaxprune.layers.input_gated import INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec
 from flaxprune.layers.layout import GateGroup, LayerRow, Layout
 
 # First match wins: gated kinds before the plain dense kernel.
-LAYOUTS: tuple[Layout, ...] = (FACTORIZED_LAYOUT, INPUT_GATED_LAYOUT, ADAPTIVE_LAYOUT, DENSE_LAYOUT)
+LAYOUTS: tuple[Layout, ...] = (
+    FACTORIZED_LAYOUT,
+    INPUT_GATED_LAYOUT,
+    WEIGHT_GATED_LAYOUT,
+    BLOCK_GATED_LAYOUT,
+    ADAPTIVE_LAYOUT,
+    DENSE_LAYOUT,
+)
 
 __all__ = [
     "ADAPTIVE_LAYOUT",
+    "BLOCK_GATED_LAYOUT",
     "DENSE_LAYOUT",
     "FACTORIZED_LAYOUT",
     "INPUT_GATED_LAYOUT",
@@ -47,6 +66,7 @@ __all__ = [
     "AdaptiveEmbedding",
     "AdaptiveSoftmax",
     "AdaptiveSpec",
+    "BlockGatedDense",
     "FactorizedDense",
     "FactorizedSpec",
     "GateGroup",
@@ -54,6 +74,9 @@ __all__ = [
     "InputGatedSpec",
     "LayerRow",
     "Layout",
+    "MaskedDenseSpec",
+    "WEIGHT_GATED_LAYOUT",
+    "WeightGatedDense",
     "adaptive_clusters",
     "default_rank",
     "nll",

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from flaxprune.gates import GATE_PARAM, GateConfig
 from flaxprune.layers.factorized import FactorizedSpec
+from flaxprune.layers.gated_kernel import MaskedDenseSpec
 from flaxprune.layers.input_gated import InputGatedSpec
 from flaxprune.layers.layout import Layout, LayerRow, Node, holds, mismatch, shape_of, size, unknown_keys, wrong_shape
 
@@ -69,8 +71,16 @@ def _dense_check(path: str, node: Node, spec: Any) -> None:
         n_in = node["kernel"].shape[0]
         if spec.keep is not None and len(spec.keep) != n_in:
             raise mismatch(path, "the kernel's input size", n_in, len(spec.keep))
+    elif isinstance(spec, MaskedDenseSpec):
+        if spec.gated:
+            raise mismatch(path, "gated", False, True)
     else:
         raise mismatch(path, "the layer kind", "dense (kernel)", type(spec).__name__)
+
+
+def _dense_kept_weights(node: Node, gate: GateConfig) -> Any:
+    # A magnitude-pruned (AGP) or masked-dense export holds its pruned weights as exact zeros.
+    return jnp.count_nonzero(node["kernel"])
 
 
 DENSE_LAYOUT = Layout(
@@ -82,4 +92,5 @@ DENSE_LAYOUT = Layout(
     rows=_dense_rows,
     shrink=_dense_shrink,
     check=_dense_check,
+    kept_weights=_dense_kept_weights,
 )

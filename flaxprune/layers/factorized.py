@@ -6,6 +6,12 @@ each component; a zero gate removes column ``k`` of ``P`` and row ``k`` of
 ``Q``, so each gate costs ``in + out`` weights. Surgery keeps the components
 whose evaluation mask is non-zero, folds the mask into ``Q`` and, when the
 factors would be no smaller than the dense matrix, multiplies them out.
+
+With ``diagonal=True`` the layer also learns a real diagonal ``d`` between
+the factors, ``y = ((x @ P) * d * z) @ Q + b``: the structured baseline of
+the FLOP paper (AGP on the magnitudes of ``d``, :mod:`flaxprune.agp`), which
+prunes a component by setting ``d_k`` to zero. Surgery folds ``d`` into
+``Q`` like the mask and cuts the components whose ``d_k * z_k`` is zero.
 """
 
 from __future__ import annotations
@@ -35,7 +41,17 @@ from flaxprune.layers.layout import (
 )
 from flaxprune.plan import Plan
 
-__all__ = ["FACTORIZED_LAYOUT", "FactorizedDense", "FactorizedSpec", "check_features", "default_rank", "is_size"]
+__all__ = [
+    "DIAGONAL_PARAM",
+    "FACTORIZED_LAYOUT",
+    "FactorizedDense",
+    "FactorizedSpec",
+    "check_features",
+    "default_rank",
+    "is_size",
+]
+
+DIAGONAL_PARAM = "diag"  # the learned diagonal between P and Q (AGP's structured baseline)
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -74,17 +90,21 @@ class FactorizedSpec:
       rank: number of components; 0 means the layer is bias-only.
       gated: whether the components carry gates.
       merged: the factors were multiplied into one ``kernel: [in, out]``.
+      diagonal: the layer holds a learned diagonal ``diag: [rank]`` between the factors.
     """
 
     rank: int
     gated: bool = False
     merged: bool = False
+    diagonal: bool = False
 
     def __post_init__(self):
         if self.rank < 0:
             raise ValueError(f"FactorizedSpec: rank={self.rank} must be >= 0.")
         if self.merged and self.gated:
             raise ValueError("FactorizedSpec: a merged (dense) layer cannot be gated.")
+        if self.merged and self.diagonal:
+            raise ValueError("FactorizedSpec: a merged (dense) layer has no diagonal.")
 
 
 class FactorizedDense(nn.Module):
@@ -107,12 +127,16 @@ class FactorizedDense(nn.Module):
       plan: pruning plan; a spec stored under this module's path overrides
         ``rank`` and ``gated``.
       deterministic: default gate mode (eval mask) when not given per call.
+      diagonal: learn a real diagonal ``diag: [rank]`` (initialised to ones)
+        between ``P`` and ``Q``: AGP's structured baseline prunes its entries
+        by magnitude.
     """
 
     features: int
     rank: int | None = None
     use_bias: bool = True
     gated: bool = True
+    diagonal: bool = False
     per_example_gates: bool = False
     plan: Plan = Plan()
     deterministic: bool | None = None
@@ -143,14 +167,16 @@ class FactorizedDense(nn.Module):
                 )
             return found
         if self.rank is None:
-            return FactorizedSpec(rank=default_rank(in_features, self.features), gated=self.gated)
+            return FactorizedSpec(
+                rank=default_rank(in_features, self.features), gated=self.gated, diagonal=self.diagonal
+            )
         if not (is_size(self.rank) and self.rank <= full):
             raise ValueError(
                 f"{where}: rank={self.rank!r} must be an int in [1, min(in, out)] = [1, {full}] "
                 f"(in={in_features}, out={self.features}); rank=None gives in*out // (in+out) = "
                 f"{default_rank(in_features, self.features)}, as many weights as the dense matrix."
             )
-        return FactorizedSpec(rank=int(self.rank), gated=self.gated)
+        return FactorizedSpec(rank=int(self.rank), gated=self.gated, diagonal=self.diagonal)
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -170,6 +196,9 @@ class FactorizedDense(nn.Module):
             q = self.param("Q", self.kernel_init, (spec.rank, self.features), self.param_dtype)
             x, p, q, bias = nn.dtypes.promote_dtype(x, p, q, bias, dtype=self.dtype)
             h = jnp.matmul(x, p, precision=self.precision)  # [..., rank]
+            if spec.diagonal:
+                diag = self.param(DIAGONAL_PARAM, nn.initializers.ones_init(), (spec.rank,), self.param_dtype)
+                h = h * diag.astype(h.dtype)
             if spec.gated:
                 deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
                 log_alpha = self.param(
@@ -196,10 +225,10 @@ def _gates(module: nn.Module, log_alpha: jax.Array, deterministic: bool, h: jax.
 # --- layout: size accounting and surgery on the params node -----------------
 
 
-_KEYS = ("P", "Q", "bias", GATE_PARAM)
+_KEYS = ("P", "Q", "bias", GATE_PARAM, DIAGONAL_PARAM)
 RESERVED = (
     "flaxprune reserves 'P' and 'Q' for FactorizedDense, whose node holds exactly P: [in, rank] and "
-    "Q: [rank, out], and optionally bias: [out] and log_alpha: [rank]."
+    "Q: [rank, out], and optionally bias: [out], log_alpha: [rank] and diag: [rank]."
 )
 
 
@@ -217,7 +246,12 @@ def _malformed(node: Node) -> str | None:
     p, q = shape_of(node["P"]), shape_of(node["Q"])
     if p[1] != q[0]:
         return f"the ranks of P {p} and Q {q} disagree"
-    return unknown_keys(node, _KEYS) or wrong_shape(node, GATE_PARAM, (p[1],)) or wrong_shape(node, "bias", (q[1],))
+    return (
+        unknown_keys(node, _KEYS)
+        or wrong_shape(node, GATE_PARAM, (p[1],))
+        or wrong_shape(node, DIAGONAL_PARAM, (p[1],))
+        or wrong_shape(node, "bias", (q[1],))
+    )
 
 
 def _groups(node: Node) -> list[GateGroup]:
@@ -230,9 +264,7 @@ def _groups(node: Node) -> list[GateGroup]:
 def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
     n_in, rank = node["P"].shape
     n_out = node["Q"].shape[1]
-    kept = rank
-    if GATE_PARAM in node:
-        kept = int(np.count_nonzero(np.asarray(deterministic_mask(node[GATE_PARAM], gate))))
+    kept = int(np.count_nonzero(_component_mask(node, gate)))
     bias = size(node.get("bias", ()))
     return [
         LayerRow(
@@ -248,11 +280,31 @@ def _rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
     ]
 
 
+def _component_mask(node: Node, gate: GateConfig):
+    """Each component's factor in eval mode: the gates' eval mask times the diagonal (ones without either)."""
+    mask = jnp.ones((node["P"].shape[1],), jnp.float32)
+    if GATE_PARAM in node:
+        mask = deterministic_mask(node[GATE_PARAM], gate)
+    if DIAGONAL_PARAM in node:
+        mask = mask * jnp.asarray(node[DIAGONAL_PARAM], jnp.float32)
+    return mask
+
+
+def _cuts(node: Node) -> bool:
+    return GATE_PARAM in node or DIAGONAL_PARAM in node
+
+
+def _kept_weights(node: Node, gate: GateConfig) -> jax.Array:
+    """The dense ``in x out`` weights the kept components stand for: ``min(k (in + out), in * out)``."""
+    n_in, n_out = node["P"].shape[0], node["Q"].shape[1]
+    kept = jnp.count_nonzero(_component_mask(node, gate))
+    return jnp.minimum(kept * (n_in + n_out), n_in * n_out)
+
+
 def _shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, FactorizedSpec]:
-    la = node[GATE_PARAM]
     p, q = to_numpy(node["P"]), to_numpy(node["Q"])
     dtype = np.asarray(node["Q"]).dtype
-    mask = to_numpy(deterministic_mask(la, gate))
+    mask = to_numpy(_component_mask(node, gate))  # the gates' eval mask and the diagonal, folded into Q below
     keep = np.flatnonzero(mask)
     n_in, n_out = p.shape[0], q.shape[1]
     out = {} if "bias" not in node else {"bias": node["bias"]}
@@ -277,12 +329,16 @@ def _check(path: str, node: Node, spec: Any) -> None:
         raise mismatch(path, "the rank of P/Q", (node["P"].shape[1], node["Q"].shape[0]), spec.rank)
     if (GATE_PARAM in node) != spec.gated:
         raise mismatch(path, "gated", GATE_PARAM in node, spec.gated)
+    if (DIAGONAL_PARAM in node) != spec.diagonal:
+        raise mismatch(path, "diagonal", DIAGONAL_PARAM in node, spec.diagonal)
     if GATE_PARAM in node and node[GATE_PARAM].shape != (spec.rank,):
         raise mismatch(path, "log_alpha's shape", node[GATE_PARAM].shape, (spec.rank,))
 
 
 def _compact(path: str, node: Node, keep: np.ndarray, spec: Any) -> tuple[dict[str, int], FactorizedSpec]:
-    return {"P": 1, "Q": 0, GATE_PARAM: 0}, FactorizedSpec(rank=int(keep.size), gated=True)
+    diagonal = DIAGONAL_PARAM in node
+    axes = {"P": 1, "Q": 0, GATE_PARAM: 0, **({DIAGONAL_PARAM: 0} if diagonal else {})}
+    return axes, FactorizedSpec(rank=int(keep.size), gated=True, diagonal=diagonal)
 
 
 def _dense_params(node: Node) -> int:
@@ -300,4 +356,6 @@ FACTORIZED_LAYOUT = Layout(
     check=_check,
     dense_params=_dense_params,
     compact=_compact,
+    kept_weights=_kept_weights,
+    cuts=_cuts,
 )

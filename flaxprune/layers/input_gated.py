@@ -169,6 +169,10 @@ def _ig_rows(path: str, node: Node, gate: GateConfig) -> list[LayerRow]:
     ]
 
 
+def _ig_kept_weights(node: Node, gate: GateConfig) -> jax.Array:
+    return jnp.count_nonzero(deterministic_mask(node[GATE_PARAM], gate)) * node["kernel"].shape[1]
+
+
 def _ig_shrink(path: str, node: Node, gate: GateConfig) -> tuple[dict | None, InputGatedSpec]:
     mask = to_numpy(deterministic_mask(node[GATE_PARAM], gate))
     keep = np.flatnonzero(mask)
@@ -216,4 +220,5 @@ INPUT_GATED_LAYOUT = Layout(
     shrink=_ig_shrink,
     check=_ig_check,
     compact=_ig_compact,
+    kept_weights=_ig_kept_weights,
 )

@@ -26,7 +26,15 @@ functions of that node:
 * ``compact`` (optional): for the sorted indices ``keep`` of the gates that
   stay and the node's current spec (or None), the axis along which each of
   the node's params is cut (``{'P': 1, 'Q': 0, 'log_alpha': 0}``) and the
-  spec of the still-gated smaller layer (:mod:`flaxprune.compaction`).
+  spec of the still-gated smaller layer (:mod:`flaxprune.compaction`);
+* ``kept_weights`` (optional): the weights of the dense ``in x out``
+  matrix the node stands for that it still holds, as a (jit-compatible)
+  count: non-zero entries of a masked kernel, ``min(k (in + out), in *
+  out)`` for ``k`` kept components. It is the one sparsity all pruning
+  methods share (:mod:`flaxprune.dense_reference`);
+* ``cuts`` (optional): whether ``shrink`` has something to cut in a node
+  that holds no gates (a factorized layer's learned diagonal with zeros);
+  without it, only gated nodes are cut.
 
 The registry is ``flaxprune.layers.LAYOUTS``; a node is handled by the first
 layout that matches it. Only leaves count as held names: a submodule called
@@ -105,6 +113,8 @@ class Layout(NamedTuple):
     check: Callable[[str, Node, Any], None]
     dense_params: Callable[[Node], int] | None = None
     compact: Callable[[str, Node, np.ndarray, Any], tuple[dict[str, int], Any]] | None = None
+    kept_weights: Callable[[Node, GateConfig], jax.Array] | None = None
+    cuts: Callable[[Node], bool] | None = None
 
 
 def holds(node: Node, key: str) -> bool:

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from flaxprune.gates import GateConfig
-from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec
+from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec, MaskedDenseSpec
 from flaxprune.models.bert import BertClassifier, BertConfig
 from flaxprune.models.sru import SRUConfig, SRULanguageModel
 from flaxprune.models.transformer_xl import TransformerXL, TransformerXLConfig
@@ -49,6 +49,7 @@ CONFIG_CLASSES: tuple[type, ...] = (
     FactorizedSpec,
     InputGatedSpec,
     AdaptiveSpec,
+    MaskedDenseSpec,
 )
 
 

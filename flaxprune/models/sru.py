@@ -35,7 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxprune.layers import FactorizedDense, InputGatedDense
+from flaxprune.layers import BlockGatedDense, FactorizedDense, InputGatedDense, WeightGatedDense
+from flaxprune.layers.gated_kernel import check_block
+from flaxprune.methods import check_method
 from flaxprune.plan import Plan
 
 __all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "forget_scan", "sru_recurrence"]
@@ -64,6 +66,10 @@ class SRUConfig:
     dtype: Any = None  # computation dtype of the projections (None: from the inputs/params); the scan is float32
     param_dtype: Any = jnp.float32  # dtype of every parameter except log_alpha (always float32)
     plan: Plan = Plan()  # gate hyperparameters and per-layer structure; shrink() returns a new one
+    # How every W is pruned (flaxprune.methods): 'flop' (above), 'agp' (dense kernels), 'agp_structured'
+    # (P diag(d) Q, every layer factorized), 'l0' (a gate per weight), 'l0_block' (a gate per block).
+    method: str = "flop"
+    block: tuple[int, int] = (16, 16)  # 'l0_block': rows x columns of a gated block; must divide every W
 
     def __post_init__(self):
         def check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
@@ -91,6 +97,8 @@ class SRUConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SRUConfig: {name}={getattr(self, name)!r} must be True or False.")
         top = self.max_rank
+        if self.method != "flop":
+            top = None  # the rank only counts for FLOP's factorized layers (agp_structured: the default rank)
         if self.rank is not None and top is not None and self.rank > top:
             shapes = []
             if self.n_layers > 1:
@@ -105,7 +113,18 @@ class SRUConfig:
             )
         if not isinstance(self.plan, Plan):
             raise ValueError(f"SRUConfig: plan={self.plan!r} must be a flaxprune.Plan.")
+        check_method("SRUConfig", self.method)
+        object.__setattr__(self, "block", tuple(self.block) if isinstance(self.block, list) else self.block)
+        if self.method == "l0_block":
+            for path, shape in self.prunable_shapes.items():
+                check_block(f"SRUConfig (method='l0_block'), the W of '{path}'", self.block, shape)
 
+    @property
+    def prunable_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{module path: (in, out)}`` of every ``W``: the dense matrices every method prunes (the dense reference)."""
+        shapes = {"layers_0/W": self._first_w_shape}
+        shapes.update({f"layers_{l}/W": (self.d_model, 3 * self.d_model) for l in range(1, self.n_layers)})
+        return shapes
     @property
     def _first_w_shape(self) -> tuple[int, int]:
         """Layer 0's ``W``: ``[embed, k * d_model]``, ``k = 3`` when ``embed == d_model`` (no ``U3``), else 4."""
@@ -270,6 +289,10 @@ class SRULayer(nn.Module):
       scan_unroll: ``lax.scan``'s ``unroll``.
       plan: passed to ``W``.
       time_major: ``x`` and ``h`` are ``[time, batch, ...]`` (the recurrence's own layout, no transposes).
+      method: what ``W`` is (:mod:`flaxprune.methods`): ``'flop'`` (``input_gated`` or factorized),
+        ``'agp'`` a dense kernel, ``'agp_structured'`` a factorized one with a learned diagonal (default
+        rank), ``'l0'`` / ``'l0_block'`` a kernel with a gate per weight / per ``block``.
+      block: ``'l0_block'``'s block shape.
     """
 
     features: int
@@ -282,6 +305,8 @@ class SRULayer(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     time_major: bool = False
+    method: str = "flop"
+    block: tuple[int, int] = (16, 16)
 
     @nn.compact
     def __call__(self, x: jax.Array, c0: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -299,11 +324,21 @@ class SRULayer(nn.Module):
         d = self.features
         k = 3 if x.shape[-1] == d else 4
         common = dict(use_bias=False, gated=self.gated, plan=self.plan, dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.input_gated:
-            w = InputGatedDense(k * d, name="W", **common)
+        if self.method == "agp":
+            w = nn.Dense(k * d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="W")
+            u = w(x)
         else:
-            w = FactorizedDense(k * d, rank=self.rank, name="W", **common)
-        u = w(x, deterministic)  # [batch, time, k * d] (or time-major)
+            if self.method == "agp_structured":
+                w = FactorizedDense(k * d, name="W", diagonal=True, **{**common, "gated": False})
+            elif self.method == "l0":
+                w = WeightGatedDense(k * d, name="W", **common)
+            elif self.method == "l0_block":
+                w = BlockGatedDense(k * d, block=self.block, name="W", **common)
+            elif self.input_gated:
+                w = InputGatedDense(k * d, name="W", **common)
+            else:
+                w = FactorizedDense(k * d, rank=self.rank, name="W", **common)
+            u = w(x, deterministic)  # [batch, time, k * d] (or time-major)
         u = u.reshape(u.shape[:-1] + (k, d))  # [batch, time, k, d] (or time-major)
         x_highway = x if k == 3 else u[..., 3, :]
         v_init = _uniform(math.sqrt(1.5))
@@ -397,6 +432,8 @@ class SRULanguageModel(nn.Module):
                 dtype=cfg.dtype,
                 param_dtype=cfg.param_dtype,
                 time_major=True,
+                method=cfg.method,
+                block=cfg.block,
                 name=f"layers_{layer}",
             )(x, carry["c"][:, layer], deterministic)  # [time, batch, d_model]
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)

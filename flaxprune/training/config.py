@@ -12,6 +12,7 @@ import optax
 
 from flaxprune.gates import GateConfig
 from flaxprune.lagrangian import noam_schedule
+from flaxprune.methods import AGP_METHODS, METHODS
 from flaxprune.plan import Plan
 from flaxprune.size import BASES
 
@@ -21,6 +22,7 @@ __all__ = [
     "compaction_settings",
     "learning_rate_schedule",
     "load_config_file",
+    "method_fields",
     "plan_from_config",
     "sparsity_basis",
     "validate",
@@ -121,6 +123,49 @@ def validate(config: Any) -> None:
         )
     if p.enabled and "gate" in p:
         _check_gate(p.gate)
+    _check_method(config)
+
+
+METHOD_MODELS = ("sru",)  # the models whose pruned matrices every method can build (flaxprune.methods)
+
+
+def _check_method(config: Any) -> None:
+    """``config.prune.method`` and its settings: a known method, on a model that builds it, a sound schedule."""
+    p = config.prune
+    method = p.get("method", "flop")
+    if method not in METHODS:
+        raise ValueError(f"config.prune.method={method!r} is not a pruning method; accepted: {list(METHODS)}.")
+    model = config.model.get("name")
+    if method != "flop" and model not in METHOD_MODELS:
+        raise ValueError(
+            f"config.prune.method={method!r} needs a model whose pruned matrices it can build ({list(METHOD_MODELS)}"
+            f"); model.name={model!r} is pruned by 'flop' only."
+        )
+    block = p.get("block", (16, 16))
+    if not (isinstance(block, (tuple, list)) and len(block) == 2 and all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
+        raise ValueError(f"config.prune.block={block!r} must be two integers >= 1 (rows, columns), e.g. (16, 16).")
+    _positive_int("prune", "agp_start", p.get("agp_start", 0), minimum=0)
+    _positive_int("prune", "agp_frequency", p.get("agp_frequency", 100))
+    _finite_number("prune", "agp_l1", p.get("agp_l1", 0.0), 0, strict=False)
+    if method in AGP_METHODS and p.target_warmup < p.get("agp_start", 0):
+        raise ValueError(
+            f"config.prune.target_warmup={p.target_warmup} (where AGP's schedule ends) is before "
+            f"config.prune.agp_start={p.get('agp_start', 0)} (where it starts); the end must not precede the start."
+        )
+    if method != "flop" and compaction_settings(config)[0]:
+        raise ValueError(
+            f"config.prune.compact_every={compaction_settings(config)[0]} compacts FLOP's factorized and input-gated "
+            f"layers only; set it to 0 for config.prune.method={method!r}."
+        )
+
+
+def method_fields(config: Any) -> dict[str, Any]:
+    """The model fields ``config.prune.method`` sets (``method``, ``block``), for a model that takes them."""
+    if config.model.get("name") not in METHOD_MODELS:
+        return {}
+    p = config.prune
+    return {"method": p.get("method", "flop"), "block": tuple(p.get("block", (16, 16)))}
 
 
 def plan_from_config(config: Any) -> Plan:

@@ -9,10 +9,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxprune.size import hard_sparsity, prunable_params, total_params
+from flaxprune.size import prunable_params, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import load_reduced, save_reduced
+from flaxprune.training.prune_method import method_of
 from flaxprune.training.run_dir import RunFiles
 
 __all__ = ["finalize", "time_forward"]
@@ -65,7 +66,6 @@ def finalize(
     if not run.prune:
         log(f"\nfinal: params {summary['params']:,} | {_fmt(gated_metrics)}")
         return summary
-    gate = run.model_config.plan.gate
     small, small_config = shrink(params, run.model_config)
     reduced_dir = RunFiles(run.workdir).reduced
     save_reduced(reduced_dir, small, small_config, overwrite=True)  # the run's own, from an interrupted end
@@ -80,13 +80,16 @@ def finalize(
     summary.update(
         prunable_params=run.prunable if run.prunable is not None else prunable_params(params, run.basis),
         sparsity_basis=run.basis,
-        hard_sparsity=float(hard_sparsity(params, gate, run.basis, reference=run.prunable)),
+        hard_sparsity=run.hard_sparsity(params),
         target=float(run.config.prune.target),
         reduced_params=total_params(small),
         **{f"reduced_{k}": v for k, v in reduced_metrics.items()},
         reduced_seconds_per_batch=time_forward(model, small, inputs),
     )
     summary["speedup"] = summary["seconds_per_batch"] / summary["reduced_seconds_per_batch"]
+    reference = run.reference_sparsity(params)
+    if reference is not None:  # one sparsity for every method: the dense reference model's
+        summary.update(method=method_of(run.config), reference_sparsity=reference)
     shape = " x ".join(str(d) for d in np.shape(inputs[0]))
     log(
         f"\n{'':<20}{'params':>12}  metrics\n"

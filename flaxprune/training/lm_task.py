@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from flaxprune.data.batching import StreamBatcher, batchify, num_segments
 from flaxprune.training import sharding
-from flaxprune.training.config import batch_sizes, plan_from_config
+from flaxprune.training.config import batch_sizes, method_fields, plan_from_config
 
 __all__ = [
     "LOG2E",
@@ -221,6 +221,7 @@ def build_lm_task(config: Any, mesh: Mesh) -> LanguageModelingTask:
     check_corpus_fits(corpus, config.train)
     fields = dict(config.model)
     name = fields.pop("name")
+    fields.update(method_fields(config))
     model, model_config = build_model(
         name, **fields, vocab_size=corpus.vocab_size, gated=bool(config.prune.enabled), plan=plan_from_config(config)
     )

@@ -35,6 +35,13 @@ from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointErro
 from flaxprune.training.config import compaction_settings, learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
+from flaxprune.training.prune_method import (
+    agp_target_fn,
+    agp_wrapper,
+    reference_measure,
+    uses_agp,
+    uses_lagrangian,
+)
 from flaxprune.training.run_dir import RunFiles, RunLock, format_changes, record_config_change
 from flaxprune.training.state import TrainState, initial_state_fn
 from flaxprune.training.state_compaction import (
@@ -75,7 +82,24 @@ class Run:
 
     @property
     def prune(self) -> bool:
+        """Whether the run prunes, by any method."""
         return bool(self.config.prune.enabled)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the run trains gates under the Lagrangian (``flop``, ``l0``, ``l0_block``); else AGP or none."""
+        return uses_lagrangian(self.config)
+
+    def reference_sparsity(self, params: Any) -> float | None:
+        """The dense reference's sparsity (:mod:`flaxprune.dense_reference`), for a model that declares it."""
+        measure = reference_measure(self.model_config)
+        return None if measure is None else float(measure[0](params))
+
+    def hard_sparsity(self, params: Any) -> float:
+        """The sparsity the run is held to: the eval masks' (gated methods) or the weights' zeros (AGP)."""
+        if self.gated:
+            return float(hard_sparsity(params, self.model_config.plan.gate, self.basis, reference=self.prunable))
+        return float(self.reference_sparsity(params))
 
     @property
     def basis(self) -> str:
@@ -117,30 +141,37 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
     if check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config):
         changes = check_config_change(workdir, config, allow_config_change)
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
-    tx = _optimizer(config.optim, lr_fn)
+    tx = _optimizer(config.optim, lr_fn, agp_wrapper(config, task.model_config))
     target_fn = _target_fn(config, task)
     prunable = None
-    if config.prune.enabled:
+    if uses_lagrangian(config):
         prunable = prunable_params(jax.eval_shape(task.init_params, jax.random.key(0)), sparsity_basis(config))
+    elif uses_agp(config):
+        prunable = reference_measure(task.model_config)[1]
     return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes, prunable, task)
 
 
-def _optimizer(optim: Any, lr_fn: Callable) -> Any:
-    """FLOP's combined optimizer: weights on the schedule, gates and multipliers at their own rates."""
+def _optimizer(optim: Any, lr_fn: Callable, wrap_weights: Callable | None = None) -> Any:
+    """FLOP's combined optimizer: weights on the schedule (AGP's masks around them in an AGP run), gates and
+    multipliers at their own rates."""
     return flop_optimizer(
         lr_fn,
         optim.gate_learning_rate,
         optim.lambda_learning_rate,
         clip_norm=optim.clip_norm or None,
         weight_decay=optim.weight_decay,
+        wrap_weights=wrap_weights,
     )
 
 
 def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     """The target sparsity by step: a ramp from the model's start (every gate open) to ``prune.target``.
 
-    The start needs only the params' shapes. An unpruned run has no penalty; its target is only logged.
+    The start needs only the params' shapes. An unpruned run has no penalty; its target is only logged. An
+    AGP run's target is its cubic schedule.
     """
+    if uses_agp(config):
+        return agp_target_fn(config)
     if not config.prune.enabled:
         return target_schedule(0.0, 0)
     shapes = jax.eval_shape(task.init_params, jax.random.key(0))
@@ -205,7 +236,7 @@ def _warm_start(run: Run, fresh: Any) -> tuple[Any | None, str]:
     params, source = run.task.initial_params(fresh), "the task's pretrained weights"
     if cfg.get("init_from"):
         params, source = load_initial_params(cfg.init_from, fresh), cfg.init_from
-    if run.prune and cfg.prune.get("gate_init", "constant") == "spectral":
+    if run.gated and cfg.prune.get("gate_init", "constant") == "spectral":
         if params is None:
             raise ValueError(
                 "config.prune.gate_init='spectral' sets each gate from its singular value, which needs a warm "
@@ -245,10 +276,12 @@ def _resume_or_start(
 
 def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[dict], dict]]:
     """The jitted, state-donating train step and the function that puts a host batch on the mesh."""
+    measure = reference_measure(run.model_config) if run.prune and not run.gated else None
     step_fn = make_train_step(
         run.task,
         run.tx,
-        prune=run.prune,
+        prune=run.gated,
+        measure=None if measure is None else measure[0],
         target_fn=run.target_fn,
         gate=run.model_config.plan.gate,
         basis=run.basis,
@@ -285,9 +318,15 @@ def _evaluate(run: Run, state: TrainState, done: int) -> dict[str, float]:
     ev = run.task.evaluate(state.params, "valid")
     if run.prune:
         gate = run.model_config.plan.gate
-        ev["hard_sparsity"] = float(hard_sparsity(state.params, gate, run.basis, reference=run.prunable))
-        ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis, reference=run.prunable))
+        ev["hard_sparsity"] = run.hard_sparsity(state.params)
+        if run.gated:
+            ev["expected_sparsity"] = float(expected_sparsity(state.params, gate, run.basis, reference=run.prunable))
+        else:  # AGP: the masks are the weights' zeros, nothing is expected
+            ev["expected_sparsity"] = ev["hard_sparsity"]
         ev["target"] = float(run.target_fn(done))
+        reference = run.reference_sparsity(state.params)
+        if reference is not None:
+            ev["reference_sparsity"] = reference
     return ev
 
 

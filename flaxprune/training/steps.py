@@ -34,6 +34,7 @@ def make_train_step(
     basis: str = "factors",
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
     reference: int | None = None,
+    measure: Callable[[Any], jax.Array] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
@@ -47,12 +48,18 @@ def make_train_step(
       learning_rate_fn: optional schedule, reported in the metrics.
       reference: the prunable count the sparsity is measured against (the
         model before compaction; None: the params' own).
+      measure: for a run without the penalty (AGP), ``params -> sparsity``
+        reported as the step's ``expected_sparsity`` (and ``target_fn`` its
+        scheduled sparsity); None reports 0.
     """
 
     def loss_fn(trainable, carry, batch, rngs, step):
         loss, (metrics, new_carry) = task.loss(trainable["params"], batch, carry, rngs)
         if not prune:
             zero = jnp.zeros((), jnp.float32)
+            if measure is not None:
+                s = jax.lax.stop_gradient(measure(trainable["params"]))
+                return loss, (loss, metrics, new_carry, s, target_fn(step))
             return loss, (loss, metrics, new_carry, zero, zero)
         s = expected_sparsity(trainable["params"], gate, basis, reference=reference)
         t = target_fn(step)
