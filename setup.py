@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "threadpoolctl>=3.1,<4",
     "lazy_loader>=0.4,<1",
     "flatbuffers>=24,<26",  # jax.export (de)serialization
+    "matplotlib>=3.8,<4",  # plots, headless (Agg)
 ]
 
 setup(

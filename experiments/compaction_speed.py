@@ -37,6 +37,7 @@ import numpy as np
 
 from flaxprune.host_memory import keep_freed_memory
 from results_files import command_line, write_results  # experiments/, this script's folder
+from text_data import link_text_file
 from train_step_call import train_step_call
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -143,20 +144,11 @@ def main(argv=None) -> int:
     from flaxprune.training import finished_summary, load_run, train
 
     workdir = pathlib.Path(args.workdir)
-    data_dir = workdir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    text = data_dir / "text.txt"  # the text_char builder's single-file layout: a link to --data, made here
-    source = pathlib.Path(args.data).resolve()
-    if text.is_symlink() and text.resolve() != source:
-        print(f"compaction_speed.py: --workdir={args.workdir!r} was made for --data={str(text.resolve())!r}; "
-              "pass that file or a new workdir.", file=sys.stderr)
+    data_dir, problem = link_text_file(workdir, args.data)  # the text_char builder's single-file layout
+    if problem:
+        print(f"compaction_speed.py: {problem}.", file=sys.stderr)
         return 2
-    if not text.is_symlink():
-        if text.exists():
-            print(f"compaction_speed.py: {text} exists and was not made by this script; pass a new workdir.",
-                  file=sys.stderr)
-            return 2
-        text.symlink_to(source)
+    source = pathlib.Path(args.data).resolve()
     summaries = {}
     for name, compact in RUNS:
         print(f"== {name} ==", flush=True)
