@@ -19,9 +19,10 @@ learning rates and schedule for all:
   any method keeps 30% of the dense matrices' weights.
 
 Every run resumes when the command is rerun (finished runs are read back).
-Then each method's export (FLOP and structured AGP: smaller dense matrices;
-AGP and L0: a masked dense model) is timed, interleaved in this process,
-and the unstructured exports' projections once more in BCOO form. Writes
+Then one train step of each method is timed, and each method's export
+(FLOP and structured AGP: smaller dense matrices; AGP and L0: a masked
+dense model), all interleaved in this process, and the unstructured exports'
+projections once more in BCOO form. Writes
 ``compare_<file stem>.{md,json,png}`` to ``--results`` (default
 ``experiments/results``).
 """
@@ -40,6 +41,7 @@ from compare_report import write_report
 from flaxprune.host_memory import keep_freed_memory
 from results_files import command_line
 from text_data import link_text_file
+from train_step_call import train_step_call
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("flop", "agp", "agp_structured", "l0", "l0_block")
@@ -171,6 +173,15 @@ def bcoo_projection_seconds(params, model_config, tokens: int) -> tuple[float, f
     return tuple(summarize(timings[k]["samples"])["median_s"] for k in ("dense", "bcoo"))
 
 
+def train_step_seconds(configs: dict) -> dict[str, float]:
+    """Median seconds of one train step of each config (fresh params, a fixed batch), timed interleaved."""
+    from flaxprune.benchmark_timing import summarize, time_interleaved
+
+    calls = {name: train_step_call(config) for name, config in configs.items()}
+    timings = time_interleaved(calls, repeats=7, warmup=2, min_seconds=0.5)
+    return {name: summarize(t["samples"])["median_s"] for name, t in timings.items()}
+
+
 def time_exports(exports: dict, inputs: tuple) -> dict[str, float]:
     """Median seconds of one deterministic forward pass of each ``(model, params)``, interleaved."""
     import jax
@@ -237,7 +248,8 @@ def main(argv=None) -> int:
             "test_bpc": s.get("reduced_test_bpc", s.get("test_bpc")),
             "sparsity": s.get("reference_sparsity", 0.0),
             "kept_prunable_params": None, "export_params": s.get("reduced_params", s.get("params")),
-            "train_tokens_per_s": (train_rate(workdir / name / "metrics.jsonl") or float("nan")) * config.train.seq_len,
+            "train_tokens_per_s_logged": (train_rate(workdir / name / "metrics.jsonl") or float("nan"))
+            * config.train.seq_len,
             "kept_per_layer": kept_per_layer(params, model_config),
             "projections_dense_s": None if bcoo is None else bcoo[0],
             "projections_bcoo_s": None if bcoo is None else bcoo[1],
@@ -247,8 +259,14 @@ def main(argv=None) -> int:
 
     reference = reference_params(task.model_config.prunable_shapes)
     seconds = time_exports(exports, inputs)
+    # Training speed does not depend on the level (masks, not shapes): one step per method, interleaved.
+    first = {}
+    for name, (method, _, config) in configs.items():
+        first.setdefault(method or "dense", config)
+    step_s = train_step_seconds(first)
     tokens = inputs[0].size
     for r in rows:
+        r["train_tokens_per_s"] = dense_config.train.batch_size * dense_config.train.seq_len / step_s[r["method"]]
         r["kept_prunable_params"] = int(round((1.0 - r["sparsity"]) * reference))
         r["inference_tokens_per_s"] = tokens / seconds[r["run"]]
     source = pathlib.Path(args.data).resolve()

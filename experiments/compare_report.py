@@ -37,8 +37,8 @@ def markdown(command: str, data_name: str, setting: dict, rows: list[dict]) -> l
         "the dense W matrices that are gone. The ramp to the level ends at step "
         f"{setting['ramp_steps']} for every method (AGP: cubic from step {setting['agp_start']}, masks every "
         f"{setting['agp_frequency']} steps; L0 block: {setting['block'][0]} x {setting['block'][1]} blocks). bpc of "
-        "each method's export (reduced model); inference of the export, batch "
-        f"{' x '.join(map(str, setting['inference_batch']))}, timed interleaved in one process.",
+        "each method's export (reduced model); a train step of each method and inference of each export (batch "
+        f"{' x '.join(map(str, setting['inference_batch']))}) timed interleaved in one process.",
         "",
         "| method | level | valid bpc | test bpc | sparsity reached | prunable params kept | train tokens/s | "
         "inference tokens/s | x dense | projections dense / BCOO |",

@@ -22,18 +22,16 @@ def train_step_call(config: Any, model_config: Any = None) -> Callable[[], Any]:
     import jax
     import jax.numpy as jnp
 
+    import dataclasses
+
     from flaxprune.training import initial_state_fn, prepare
+    from flaxprune.training.loop import run_train_step
     from flaxprune.training.state_compaction import task_for
-    from flaxprune.training.steps import make_train_step
 
     run = prepare(config, "/nonexistent")  # builds model, optimizer, data; writes nothing
     task = run.task if model_config is None else task_for(run.task, model_config)
     state = jax.jit(initial_state_fn(task, run.tx, config.train.seed, config.train.batch_size))()
-    step = jax.jit(
-        make_train_step(task, run.tx, prune=run.prune, target_fn=run.target_fn, gate=run.model_config.plan.gate,
-                        basis=run.basis, reference=run.prunable),
-        donate_argnums=0,
-    )
+    step = jax.jit(run_train_step(dataclasses.replace(run, task=task)), donate_argnums=0)
     b, t = config.train.batch_size, config.train.seq_len
     train = run.task.corpus.train
     batch = {"x": jnp.asarray(train[: b * t].reshape(b, t)), "y": jnp.asarray(train[1: b * t + 1].reshape(b, t)),

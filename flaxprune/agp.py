@@ -116,7 +116,8 @@ def agp_pruning(
     """``inner`` with AGP's masks: weights pruned by magnitude on the cubic schedule, kept at zero.
 
     At every update whose step (the count before it) is ``start_step + k *
-    frequency <= end_step``, each prunable weight's mask is recomputed from
+    frequency <= end_step``, and at ``end_step`` itself (so the last masks
+    are at ``final_sparsity`` even when the span is not a multiple of ``frequency``), each prunable weight's mask is recomputed from
     the magnitude of the weight the update would give, at the schedule's
     sparsity (masks only grow: a pruned weight is zero, the smallest
     magnitude, so it stays pruned). Between those steps the masks hold.
@@ -155,7 +156,8 @@ def agp_pruning(
         grads = jax.tree.map(lambda g, m: g * m, updates, state.masks)
         inner_updates, inner_state = inner.update(grads, state.inner, params)
         step = state.count
-        due = (step >= start_step) & (step <= end_step) & ((step - start_step) % frequency == 0)
+        # On the grid start + k * frequency, and at the end itself: the last masks are at the final sparsity.
+        due = (step >= start_step) & (step <= end_step) & (((step - start_step) % frequency == 0) | (step == end_step))
         sparsity = agp_sparsity(step, initial=initial_sparsity, final=final_sparsity, start=start_step, end=end_step)
 
         def recompute(_):

@@ -80,6 +80,36 @@ def test_masked_weights_and_their_moments_stay_exactly_zero_through_every_update
     assert pruned == sorted(pruned) and pruned[0] == 0 and len(set(pruned[11:20])) == 1
 
 
+def test_the_last_masks_are_at_the_final_sparsity_when_the_span_is_off_the_frequency_grid():
+    params, loss = _toy()
+    # Due at 0, 4, 8 on the grid, and at the end, 10: s(8) = 0.5 - 0.5 * 0.2**3 = 0.496 prunes 31 of 64, s(10) 32.
+    tx = agp.agp_pruning(optax.adam(1e-2), final_sparsity=0.5, start_step=0, end_step=10, frequency=4)
+    _, _, history = _train(tx, params, loss, 12)
+    pruned = [int((s.masks["dense"]["kernel"] == 0).sum()) for _, s in history]
+    assert pruned[8] == 31 and pruned[9] == 31 and pruned[10] == 32 == pruned[11]
+
+
+def test_the_wrapped_weights_of_flop_optimizer_keep_masked_moments_at_zero():
+    """AGP inside the combined optimizer's partition (``wrap_weights``): the moments it masks are the weights'."""
+    from flaxprune.lagrangian import flop_optimizer, init_multipliers
+
+    params, loss = _toy()
+    def wrap(inner):
+        return agp.agp_pruning(inner, final_sparsity=0.75, start_step=0, end_step=20, frequency=5)
+
+    tx = flop_optimizer(1e-2, 1e-2, 1e-2, wrap_weights=wrap)
+    trainable = {"params": params, "lagrangian": init_multipliers()}
+    _, state, history = _train(tx, trainable, lambda t: loss(t["params"]), 30)
+    final = history[-1][0]["params"]["dense"]["kernel"]
+    zero = np.asarray(final == 0)
+    assert zero.sum() == 48
+    moments = [x for path, x in jax.tree_util.tree_leaves_with_path(state)
+               if [getattr(k, "key", None) for k in path][-3:] == ["params", "dense", "kernel"]
+               and np.shape(x) == (8, 8)]
+    assert len(moments) >= 3  # the mask, Adam's mu and nu
+    assert all(np.all(np.asarray(m)[zero] == 0) for m in moments)
+
+
 def test_resuming_from_the_saved_state_is_exact():
     params, loss = _toy()
     tx = agp.agp_pruning(optax.adam(1e-2), final_sparsity=0.5, start_step=5, end_step=25, frequency=5)

@@ -219,3 +219,61 @@ def test_compaction_speed_bad_input_is_one_line_before_anything_is_written(tmp_p
     err = capsys.readouterr().err
     assert err.startswith("compaction_speed.py: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.e2e
+def test_compare_script_trains_dense_and_each_method_and_writes_table_json_and_plot(tmp_path):
+    """``experiments/compare.py`` on a small text file: dense + two methods, the table and plot; a rerun reuses."""
+    _import_from("experiments")
+    import compare
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(bytes(np.random.default_rng(0).integers(97, 123, 60_000).astype(np.uint8)))
+    results = tmp_path / "results"
+    args = [f"--data={text}", f"--workdir={tmp_path / 'runs'}", "--steps=12", "--levels=0.5",
+            "--methods=flop,l0_block", "--model=tiny", f"--results={results}"]
+    assert compare.main(args) == 0
+    rows = json.loads((results / "compare_corpus.json").read_text())["rows"]
+    setting, runs = rows[0]["setting"], {r["run"]: r for r in rows[1:]}
+    assert set(runs) == {"dense", "flop_0.5", "l0_block_0.5"} and setting["vocab"] == "corpus"
+    assert runs["dense"]["sparsity"] == 0.0 and runs["dense"]["kept_prunable_params"] == setting["reference_params"]
+    for r in runs.values():
+        assert np.isfinite(r["valid_bpc"]) and r["inference_tokens_per_s"] > 0 and r["train_tokens_per_s"] > 0
+        assert r["kept_prunable_params"] == round((1 - r["sparsity"]) * setting["reference_params"])
+    assert runs["l0_block_0.5"]["projections_bcoo_s"] > 0 and runs["flop_0.5"]["projections_bcoo_s"] is None
+    table = (results / "compare_corpus.md").read_text()
+    assert "| FLOP | 0.50 |" in table and "| L0 block | 0.50 |" in table and "--methods=flop,l0_block" in table
+    assert (results / "compare_corpus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamp = (tmp_path / "runs" / "flop_0.5" / "summary.json").stat().st_mtime_ns
+    assert compare.main(args) == 0  # the finished runs are reused, not trained again
+    assert (tmp_path / "runs" / "flop_0.5" / "summary.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [("--data={tmp}/missing.txt", "--data="), ("--levels=0.5,1.0", "level 1.0 is not accepted"),
+     ("--levels=-0.2", "level -0.2 is not accepted"), ("--levels=half", "--levels='half'"),
+     ("--methods=flop,magnitude", "magnitude is not a method"), ("--model=huge", "--model='huge'"),
+     ("--steps=3", "--steps=3")],
+)
+def test_compare_bad_input_is_one_line_before_anything_is_written(tmp_path, capsys, flag, message):
+    _import_from("experiments")
+    import compare
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(b"abc" * 40_000)
+    args = [f"--data={text}", f"--workdir={tmp_path / 'runs'}", flag.format(tmp=tmp_path)]
+    assert compare.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compare.py: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_refuses_a_text_file_under_100_kb(tmp_path, capsys):
+    _import_from("experiments")
+    import compare
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(b"abc" * 1000)
+    assert compare.main([f"--data={text}", f"--workdir={tmp_path / 'runs'}"]) == 2
+    assert "3,000 bytes; accepted: a text file of 100,000 bytes or more" in capsys.readouterr().err

@@ -57,7 +57,7 @@ from flaxprune.training.steps import make_train_step
 from flaxprune.training.task import build_task
 from flaxprune.training.workdir_checks import check_config_change, check_existing_checkpoint, check_workdir
 
-__all__ = ["NonFiniteLossError", "Run", "prepare", "train"]
+__all__ = ["NonFiniteLossError", "Run", "prepare", "run_train_step", "train"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -274,10 +274,10 @@ def _resume_or_start(
     return state.replace(trainable={**state.trainable, "params": params}), run.task
 
 
-def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[dict], dict]]:
-    """The jitted, state-donating train step and the function that puts a host batch on the mesh."""
+def run_train_step(run: Run) -> Callable:
+    """The run's train step (not jitted): its task, optimizer, Lagrangian or AGP measure, and sparsity reference."""
     measure = reference_measure(run.model_config) if run.prune and not run.gated else None
-    step_fn = make_train_step(
+    return make_train_step(
         run.task,
         run.tx,
         prune=run.gated,
@@ -288,6 +288,11 @@ def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[d
         learning_rate_fn=run.lr_fn,
         reference=run.prunable,
     )
+
+
+def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[dict], dict]]:
+    """The jitted, state-donating train step and the function that puts a host batch on the mesh."""
+    step_fn = run_train_step(run)
     repl = sharding.replicated(run.mesh)
     spec = run.task.batch_spec()
     batch_sh = {k: sharding.batch_sharding(run.mesh) if split else repl for k, split in spec.items()}

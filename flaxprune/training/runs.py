@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from flaxprune.dense_reference import kept_weights, reference_params
 from flaxprune.models import model_for
 from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
 from flaxprune.surgery import shrink
@@ -117,4 +118,11 @@ def report_checkpoint(path: str | pathlib.Path) -> str:
     if gate_groups(params):
         for basis, what in (("factors", "the gated weights"), ("dense", "the dense layers they stand for")):
             lines.append(f"hard sparsity of {what} ({basis!r} basis): {float(hard_sparsity(params, gate, basis)):.4f}")
+    shapes = getattr(config, "prunable_shapes", None)
+    if shapes:  # the one sparsity every method shares (flaxprune.dense_reference)
+        kept, total = int(kept_weights(params, gate, shapes)), reference_params(shapes)
+        lines.append(
+            f"dense-reference sparsity (method {getattr(config, 'method', 'flop')!r}; the same count for every "
+            f"method): {1.0 - kept / total:.4f}, {kept:,} of the {total:,} weights of the dense pruned matrices kept"
+        )
     return "\n".join(lines)
