@@ -1,7 +1,7 @@
 """FLOP against its baselines at equal parameter budgets, on any byte-level text file.
 
     python experiments/compare.py --data=FILE --workdir=DIR [--steps=3000] [--levels=0.5,0.7,0.9]
-        [--methods=flop,agp,agp_structured,l0,l0_block] [--model=small|tiny] [--results=DIR]
+        [--methods=flop,flop_factorized,agp,agp_structured,l0,l0_block] [--model=small|tiny] [--results=DIR]
 
 Trains the CPU-sized SRU char LM (``experiments/configs/sru_small.py``: 2 x
 256, the first layer's input size set to 256 so that every pruned matrix is
@@ -14,7 +14,9 @@ learning rates and schedule for all:
   at half the run, so every method has the second half at its level;
   AGP starts pruning at a tenth of the run (magnitudes of trained weights);
 * FLOP factorizes at the parameter-neutral rank (``in * out // (in + out)``),
-  so its open model holds exactly the dense model's weights; every sparsity is
+  so its open model holds exactly the dense model's weights; ``flop`` gates
+  the first layer's inputs as FLOP's SRU does, ``flop_factorized`` factorizes
+  it like the others; every sparsity is
   the dense reference's (:mod:`flaxprune.dense_reference`): a 70% model of
   any method keeps 30% of the dense matrices' weights.
 
@@ -44,7 +46,9 @@ from text_data import link_text_file
 from train_step_call import train_step_call
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-METHODS = ("flop", "agp", "agp_structured", "l0", "l0_block")
+# The study's methods: prune.method's, and FLOP with its first layer factorized like the others
+# ('flop_factorized': model.input_gated_first=False) instead of gating its inputs (FLOP's SRU).
+METHODS = ("flop", "flop_factorized", "agp", "agp_structured", "l0", "l0_block")
 MODELS = ("small", "tiny")
 MIN_BYTES = 100_000
 
@@ -121,6 +125,8 @@ def config_for(args, method: str | None, level: float | None, data_dir: pathlib.
     c.train.checkpoint_every = max(1, min(500, args.steps // 6))
     c.prune.enabled = method is not None
     c.prune.method = method or "agp"  # the dense run: AGP's model (plain kernels), never pruned
+    if method == "flop_factorized":
+        c.prune.method, c.model.input_gated_first = "flop", False
     c.prune.target = level or 0.0
     c.prune.basis = "dense"
     c.prune.target_warmup = args.steps // 2

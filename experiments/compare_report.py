@@ -13,6 +13,7 @@ __all__ = ["markdown", "plot", "write_report"]
 LABELS = {
     "dense": "dense",
     "flop": "FLOP",
+    "flop_factorized": "FLOP, layer 0 factorized",
     "agp": "AGP (unstructured)",
     "agp_structured": "AGP structured",
     "l0": "L0 (unstructured)",

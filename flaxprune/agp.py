@@ -117,8 +117,9 @@ def agp_pruning(
 
     At every update whose step (the count before it) is ``start_step + k *
     frequency <= end_step``, and at ``end_step`` itself (so the last masks
-    are at ``final_sparsity`` even when the span is not a multiple of ``frequency``), each prunable weight's mask is recomputed from
-    the magnitude of the weight the update would give, at the schedule's
+    are at ``final_sparsity`` even when the span is not a multiple of
+    ``frequency``), each prunable weight's mask is recomputed from the
+    magnitude of the weight the update would give, at the schedule's
     sparsity (masks only grow: a pruned weight is zero, the smallest
     magnitude, so it stays pruned). Between those steps the masks hold.
 

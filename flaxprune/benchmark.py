@@ -279,8 +279,10 @@ def _bench_model_in_fresh_process(options: BenchOptions, family: str, index: int
         out = pathlib.Path(tmp) / "rows.json"
         done = subprocess.run([sys.executable, "-m", "flaxprune.benchmark", json.dumps(request), str(out)])
         if done.returncode != 0 or not out.is_file():
-            raise ChildProcessError(f"bench: the process timing {family} model {index} failed (exit {done.returncode}); "
-                               "its error is above. --noisolate runs every model in this process instead.")
+            raise ChildProcessError(
+                f"bench: the process timing {family} model {index} failed (exit {done.returncode}); "
+                "its error is above. --noisolate runs every model in this process instead."
+            )
         return json.loads(out.read_text(encoding="utf-8"))
 
 

@@ -212,7 +212,9 @@ def _layout(kind: str, gate_param: str) -> Layout:
     def malformed(node: Node) -> str | None:
         if not holds(node, "kernel"):
             return f"'{gate_param}' without 'kernel'"
-        problem = not_2d(node, "kernel") or not_2d(node, gate_param) or unknown_keys(node, ("kernel", "bias", gate_param))
+        problem = (
+            not_2d(node, "kernel") or not_2d(node, gate_param) or unknown_keys(node, ("kernel", "bias", gate_param))
+        )
         if problem:
             return problem
         (n_in, n_out), (g_in, g_out) = shape_of(node["kernel"]), shape_of(node[gate_param])

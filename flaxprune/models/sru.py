@@ -123,7 +123,7 @@ class SRUConfig:
     def prunable_shapes(self) -> dict[str, tuple[int, int]]:
         """``{module path: (in, out)}`` of every ``W``: the dense matrices every method prunes (the dense reference)."""
         shapes = {"layers_0/W": self._first_w_shape}
-        shapes.update({f"layers_{l}/W": (self.d_model, 3 * self.d_model) for l in range(1, self.n_layers)})
+        shapes.update({f"layers_{i}/W": (self.d_model, 3 * self.d_model) for i in range(1, self.n_layers)})
         return shapes
     @property
     def _first_w_shape(self) -> tuple[int, int]:
