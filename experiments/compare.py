@@ -1,7 +1,7 @@
 """FLOP against its baselines at equal parameter budgets, on any byte-level text file.
 
     python experiments/compare.py --data=FILE --workdir=DIR [--steps=3000] [--levels=0.5,0.7,0.9]
-        [--methods=flop,flop_factorized,agp,agp_structured,l0,l0_block] [--model=small|tiny] [--results=DIR]
+        [--methods=flop,agp,agp_structured,l0,l0_block] [--model=small|tiny] [--results=DIR]
 
 Trains the CPU-sized SRU char LM (``experiments/configs/sru_small.py``: 2 x
 256, the first layer's input size set to 256 so that every pruned matrix is
@@ -49,6 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The study's methods: prune.method's, and FLOP with its first layer factorized like the others
 # ('flop_factorized': model.input_gated_first=False) instead of gating its inputs (FLOP's SRU).
 METHODS = ("flop", "flop_factorized", "agp", "agp_structured", "l0", "l0_block")
+DEFAULT_METHODS = ("flop", "agp", "agp_structured", "l0", "l0_block")
 MODELS = ("small", "tiny")
 MIN_BYTES = 100_000
 
@@ -63,7 +64,7 @@ def parse_args(argv):
     parser.add_argument("--workdir", required=True, help="one run folder per method and level (made if missing)")
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every run")
     parser.add_argument("--levels", default="0.5,0.7,0.9", help="sparsities, comma-separated, each in [0, 1)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"a comma-separated subset of {METHODS}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"a comma-separated subset of {METHODS}")
     parser.add_argument("--model", default="small", help=f"one of {', '.join(MODELS)} (tiny: tests)")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ A layer node keeps (``Layout.kept_weights``):
 * a factorized ``P diag(z) Q`` (FLOP, structured AGP): ``min(k (in + out),
   in * out)`` for ``k`` kept components (what surgery delivers);
 * an input-gated kernel: its open inputs times ``out``;
-* nothing at all (a layer cut to nothing, or absent): 0.
+* nothing at all (a layer its plan says surgery cut to nothing): 0.
 
 ``sparsity = 1 - sum(kept) / sum(in * out)``. A 70% FLOP model and a 70%
 AGP model keep the same number of prunable weights. Pure functions of the
@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxprune.param_tree import layout_of, node_at
+from flaxprune.plan import plan_of
 from flaxprune.size import gate_of
 
 __all__ = ["kept_weights", "reference_params", "reference_sparsity"]
@@ -53,15 +54,24 @@ def kept_weights(params: Mapping[str, Any], gate: Any, shapes: Shapes) -> jax.Ar
       shapes: ``{module path: (in, out)}`` of the dense reference's pruned matrices.
 
     Raises:
-      ValueError: for a path whose node is a layer flaxprune does not count.
+      ValueError: for a path with no layer in the params (unless the model's plan, when ``gate`` is the
+        model's config or plan, says surgery cut it to nothing), or a layer flaxprune does not count.
     """
     cfg = gate_of(gate, "kept_weights")
+    plan = plan_of(gate)
     total = jnp.zeros((), jnp.int32)
     for path, (n_in, n_out) in shapes.items():
         node = node_at(params, path)
         layout = layout_of(node, path)
-        if node is None or layout is None:
-            continue  # cut to nothing (a bias at most): keeps no weight
+        if layout is None:
+            if plan is not None and plan.spec(path) is not None and not _holds_weights(node):
+                continue  # surgery cut it to nothing (a bias at most): it keeps no weight
+            found = "no node" if node is None else f"no layer weights ({sorted(map(str, node))})"
+            raise ValueError(
+                f"kept_weights: shapes names '{path}', but the params hold {found} there and the model's plan does "
+                "not say it was cut to nothing; pass the module paths of the pruned layers (e.g. 'layers_0/W') and "
+                "the model's config as gate."
+            )
         if layout.kept_weights is None:
             raise ValueError(
                 f"kept_weights: the {layout.kind} layer at '{path}' has no dense-reference count; "
@@ -69,6 +79,10 @@ def kept_weights(params: Mapping[str, Any], gate: Any, shapes: Shapes) -> jax.Ar
             )
         total = total + jnp.minimum(layout.kept_weights(node, cfg), int(n_in) * int(n_out)).astype(jnp.int32)
     return total
+
+
+def _holds_weights(node: Any) -> bool:
+    return isinstance(node, Mapping) and any(k != "bias" for k in node)
 
 
 def reference_sparsity(params: Mapping[str, Any], gate: Any, shapes: Shapes) -> jax.Array:

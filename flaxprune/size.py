@@ -113,8 +113,9 @@ def _groups_or_raise(params, fn: str) -> list[tuple[str, GateGroup]]:
     groups = gate_groups(params)
     if not groups:
         raise ValueError(
-            f"{fn}: params hold no gated layer (no 'log_alpha' next to factorized, input-gated or adaptive "
-            "weights); build the model with gated=True, or pass the params collection of a gated model."
+            f"{fn}: params hold no gated layer (no 'log_alpha*' next to factorized, input-gated, "
+            "weight- or block-gated or adaptive weights); build the model with gated=True, or pass the params "
+            "collection of a gated model."
         )
     return groups
 

@@ -16,7 +16,8 @@ Lagrangian control as FLOP, on other units of a dense ``kernel: [in, out]``:
 once. Surgery folds the mask into the kernel and drops the gates: what is
 left is a *masked dense* layer, ``kernel`` with exact zeros where the gates
 were shut (``MaskedDenseSpec(gated=False)``): as many weights as before in
-memory and time, unless a sparse format pays (:mod:`flaxprune.sparse_export`).
+memory and time (``experiments/compare.py`` times its projections in
+``jax.experimental.sparse`` BCOO form too).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ __all__ = [
     "MaskedDenseSpec",
     "WeightGatedDense",
     "check_block",
+    "expand_blocks",
+    "flat",
+    "flat_mask",
 ]
 
 WEIGHT_GATE_PARAM = "log_alpha_weight"  # [in, out]: a gate per weight
