@@ -105,5 +105,4 @@ def reference_measure(model_config: Any) -> tuple[Callable[[Any], jax.Array], in
     shapes = prunable_shapes(model_config)
     if not shapes:
         return None
-    gate = model_config.plan.gate
-    return (lambda params: reference_sparsity(params, gate, shapes)), reference_params(shapes)
+    return (lambda params: reference_sparsity(params, model_config, shapes)), reference_params(shapes)

@@ -120,7 +120,7 @@ def report_checkpoint(path: str | pathlib.Path) -> str:
             lines.append(f"hard sparsity of {what} ({basis!r} basis): {float(hard_sparsity(params, gate, basis)):.4f}")
     shapes = getattr(config, "prunable_shapes", None)
     if shapes:  # the one sparsity every method shares (flaxprune.dense_reference)
-        kept, total = int(kept_weights(params, gate, shapes)), reference_params(shapes)
+        kept, total = int(kept_weights(params, config, shapes)), reference_params(shapes)
         lines.append(
             f"dense-reference sparsity (method {getattr(config, 'method', 'flop')!r}; the same count for every "
             f"method): {1.0 - kept / total:.4f}, {kept:,} of the {total:,} weights of the dense pruned matrices kept"
