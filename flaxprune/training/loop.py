@@ -17,8 +17,6 @@ import contextlib
 import dataclasses
 import json
 import pathlib
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +33,7 @@ from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointErro
 from flaxprune.training.config import compaction_settings, learning_rate_schedule, sparsity_basis, validate
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
+from flaxprune.training.preemption import Throughput, preemption_flag
 from flaxprune.training.prune_method import (
     agp_target_fn,
     agp_wrapper,
@@ -179,25 +178,6 @@ def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     return target_schedule(config.prune.target, config.prune.target_warmup, start=start)
 
 
-@contextlib.contextmanager
-def _preemption_flag():
-    """Sets ``flag['stop']`` on SIGTERM (Cloud TPU preemption) instead of dying mid-step."""
-    flag = {"stop": False}
-
-    def handler(signum, frame):
-        flag["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: no handler, but still a flag
-        previous = None
-    try:
-        yield flag
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 class _Checkpoints:
     """The run's two stores (keep-N ``checkpoints/`` and ``best/``) and what every save records beside the state."""
 
@@ -302,20 +282,6 @@ def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[d
         return {k: sharding.put_batch(v, run.mesh) if spec[k] else np.asarray(v) for k, v in host.items()}
 
     return train_step, to_device
-
-
-class _Throughput:
-    """Examples per second between two logged steps."""
-
-    def __init__(self, step: int, examples_per_step: int):
-        self._t, self._step, self._per = time.perf_counter(), step, examples_per_step
-        self.rate = float("nan")
-
-    def tick(self, step: int) -> float:
-        now = time.perf_counter()
-        self.rate = (step - self._step) * self._per / max(now - self._t, 1e-9)
-        self._t, self._step = now, step
-        return self.rate
 
 
 def _evaluate(run: Run, state: TrainState, done: int) -> dict[str, float]:
@@ -430,7 +396,7 @@ def train(
     files = RunFiles(workdir)
     files.workdir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(files.workdir, log) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock, _preemption_flag() as flag:
+    with lock, preemption_flag() as flag:
         return _train_in(run, files, flag, on_step, log, progress)
 
 
@@ -462,7 +428,7 @@ def _train_in(
 
     # --- Train: log, evaluate (keeping the best), checkpoint, stop cleanly on SIGTERM.
     train_step, to_device = _compile_step(run, jax.tree.map(lambda a: a.sharding, state))
-    meter = _Throughput(start, cfg.train.batch_size)
+    meter = Throughput(start, cfg.train.batch_size)
     bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
     for step in range(start, total):
         state, metrics = train_step(state, to_device(next(batcher)))
