@@ -1,10 +1,12 @@
 """One call from a corpus name to train / valid / test token arrays.
 
-``load_corpus('enwik8' | 'text_char' | 'text_word' | 'stdlib', data_dir, ...)``
-prepares the tfds dataset in ``data_dir`` when it is not prepared yet, reads
-each split back through ``as_data_source`` (array_record, no TensorFlow) and
-returns a ``Corpus`` of int32 arrays. Inputs are checked first, so a missing
-or empty file fails here, naming the path, before any training starts.
+``load_corpus('enwik8' | 'text_char' | 'text_word' | 'wikitext103' | 'wikitext2' |
+'stdlib', data_dir, ...)`` prepares the tfds dataset in ``data_dir`` when it
+is not prepared yet, reads each split back through ``as_data_source``
+(array_record, no TensorFlow) and returns a ``Corpus`` of int32 arrays;
+word-level corpora (``WORD_CORPORA``: ``text_word`` and the WikiTexts) carry
+their vocabulary. Inputs are checked first, so a missing or empty file fails
+here, naming the path, before any training starts.
 
 A prepared dataset is reused as long as it is there. A data dir prepared from
 one input keeps serving it: passing a ``manual_dir`` whose files differ (by
@@ -23,11 +25,13 @@ from etils import epath
 
 from flaxprune.data import enwik8 as enwik8_lib
 from flaxprune.data import text_file as text_file_lib
+from flaxprune.data import wikitext as wikitext_lib
 from flaxprune.data.stdlib_builder import StdlibCorpus
 
-__all__ = ["BYTE_VOCABS", "CORPUS_NAMES", "Corpus", "corpus_symbols", "load_corpus", "read_stream"]
+__all__ = ["BYTE_VOCABS", "CORPUS_NAMES", "WORD_CORPORA", "Corpus", "corpus_symbols", "load_corpus", "read_stream"]
 
-CORPUS_NAMES = ("enwik8", "text_char", "text_word", "stdlib")
+CORPUS_NAMES = ("enwik8", "text_char", "text_word", "wikitext103", "wikitext2", "stdlib")
+WORD_CORPORA = ("text_word", "wikitext103", "wikitext2")  # ids are words, from a vocabulary
 BYTE_VOCAB_SIZE = 256
 BYTE_VOCABS = ("bytes", "corpus")  # byte-level ids: every byte value, or the symbols of the training split
 
@@ -61,7 +65,7 @@ def read_stream(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
     """Reads one split of a prepared chunked builder back as a single stream.
 
     Args:
-      builder: a prepared ``Enwik8``, ``TextFile`` or ``StdlibCorpus``.
+      builder: a prepared ``Enwik8``, ``TextFile``, ``WikiText`` or ``StdlibCorpus``.
       split: ``'train'``, ``'valid'`` or ``'test'``.
 
     Returns:
@@ -111,15 +115,19 @@ def load_corpus(
       name: one of ``CORPUS_NAMES``: ``'enwik8'`` (``Enwik8``; from
         ``manual_dir`` when given, else downloaded), ``'text_char'`` /
         ``'text_word'`` (``TextFile`` configs ``char`` / ``word``; input
-        files from ``manual_dir``, by default ``<data_dir>/downloads/manual``)
+        files from ``manual_dir``, by default ``<data_dir>/downloads/manual``),
+        ``'wikitext103'`` / ``'wikitext2'`` (``WikiText`` configs; from
+        ``manual_dir`` when given, else the default manual dir or a download)
         or ``'stdlib'`` (``StdlibCorpus``; no input).
       data_dir: where tfds keeps prepared datasets.
-      manual_dir: the directory holding the input files. For ``'enwik8'``,
-        giving it means "use the file there": it is not downloaded then.
+      manual_dir: the directory holding the input files. For ``'enwik8'``
+        and the WikiTexts, giving it means "use the files there": they are
+        not downloaded then.
         Must be None for ``'stdlib'``.
       max_bytes: ``'stdlib'`` only: how many bytes of the standard library
         to take (default ``stdlib_builder.DEFAULT_MAX_BYTES``).
-      vocab: byte-level corpora only: ``'bytes'`` (the default: id ``i`` is
+      vocab: byte-level corpora only (a word corpus's vocabulary is its
+        training words): ``'bytes'`` (the default: id ``i`` is
         byte ``i``, 256 ids) or ``'corpus'`` (the symbols of the training
         split, in byte order, plus one id for bytes first seen in valid or
         test; :func:`corpus_symbols`), as the original FLOP code does.
@@ -133,7 +141,7 @@ def load_corpus(
         an empty input file, or a ``manual_dir`` whose files differ from the
         ones ``data_dir`` was prepared from.
       FileNotFoundError: if the input files are missing (naming the path and
-        the accepted file names).
+        the accepted file names), or need downloading and that fails.
     """
     data_dir = os.fspath(data_dir)
     if name not in CORPUS_NAMES:
@@ -142,8 +150,8 @@ def load_corpus(
         raise ValueError(f"load_corpus({name!r}): max_bytes={max_bytes} only applies to 'stdlib'.")
     if name == "stdlib" and manual_dir is not None:
         raise ValueError(f"load_corpus('stdlib'): manual_dir={manual_dir!r} must be None; it reads no files.")
-    if vocab is not None and (name == "text_word" or vocab not in BYTE_VOCABS):
-        accepted = "None (a word corpus's vocabulary is its training words)" if name == "text_word" else BYTE_VOCABS
+    if vocab is not None and (name in WORD_CORPORA or vocab not in BYTE_VOCABS):
+        accepted = "None (a word corpus's vocabulary is its training words)" if name in WORD_CORPORA else BYTE_VOCABS
         raise ValueError(f"load_corpus({name!r}): vocab={vocab!r} is not accepted; accepted: {accepted}.")
 
     expected = None  # the input files, recorded in info.metadata['source'] at preparation
@@ -161,6 +169,10 @@ def load_corpus(
             if path.stat().length == 0:
                 raise ValueError(f"load_corpus('enwik8'): {path} is empty.")
             expected = enwik8_lib.describe_source(path)
+    elif name in wikitext_lib.CONFIGS:
+        builder = wikitext_lib.WikiText(config=name, data_dir=data_dir)
+        if manual_dir is not None:
+            expected = wikitext_lib.describe_source(manual_dir, name)  # raises for no input, a missing / empty split
     else:
         builder = text_file_lib.TextFile(config=name.removeprefix("text_"), data_dir=data_dir)
         if manual_dir is not None or not builder.is_prepared():
@@ -178,7 +190,7 @@ def load_corpus(
         for s in ("train", "valid", "test")
     }
     arrays = {s: a.astype(np.int32, copy=False) for s, a in splits.items()}
-    if name == "text_word":
+    if name in WORD_CORPORA:
         words = tuple(builder.info.metadata["vocab"])
         return Corpus(**arrays, vocab_size=len(words), vocab=words)
     if vocab == "corpus":

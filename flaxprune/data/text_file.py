@@ -13,7 +13,10 @@ an adaptive softmax. Two configs:
   it comes last); valid / test tokens unseen in train map to ``<unk>``. The
   vocabulary is saved with the dataset in ``info.metadata['vocab']`` (id i is
   ``vocab[i]``), so ids are reproducible. Ids are stored as ``'ids'``
-  (int32). Files must be UTF-8.
+  (int32). Files must be UTF-8 text: one holding a NUL byte (binary, or
+  UTF-16) or invalid UTF-8 is refused, and so is an input split with no
+  words (only whitespace). ``word_streams`` is this level as one function,
+  shared with ``flaxprune.data.wikitext``. (The char level takes any bytes.)
 
 Input, from the manual dir (``DownloadConfig(manual_dir=...)``, by default
 ``<data_dir>/downloads/manual``), ``find_text_files``:
@@ -33,9 +36,11 @@ files (name and size) per split.
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -53,10 +58,14 @@ __all__ = [
     "TextFile",
     "TextFileConfig",
     "build_vocab",
+    "chunk_examples",
+    "describe_files",
     "describe_source",
     "find_text_files",
     "split_sizes",
     "tokenize_words",
+    "word_chunk_features",
+    "word_streams",
 ]
 
 CHUNK_SIZE = 2**16  # tokens (bytes or word ids) per stored example
@@ -126,9 +135,22 @@ def find_text_files(manual_dir: str | epath.PathLike) -> dict[str, epath.Path]:
     return found
 
 
-def describe_source(manual_dir: str | epath.PathLike) -> dict[str, dict[str, object]]:
+def describe_files(files: Mapping[str, epath.Path]) -> dict[str, dict[str, object]]:
     """The record kept in ``info.metadata['source']``: per split, file name and size in bytes."""
-    return {k: {"file": p.name, "bytes": p.stat().length} for k, p in find_text_files(manual_dir).items()}
+    return {k: {"file": p.name, "bytes": p.stat().length} for k, p in files.items()}
+
+
+def describe_source(manual_dir: str | epath.PathLike) -> dict[str, dict[str, object]]:
+    """``describe_files`` of the input files in ``manual_dir`` (``find_text_files``)."""
+    return describe_files(find_text_files(manual_dir))
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text`` as Python's text files split them (universal newlines), without the ends."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":  # the text ended with a newline (or was empty)
+        lines.pop()
+    return lines
 
 
 def tokenize_words(text: str) -> list[str]:
@@ -137,11 +159,8 @@ def tokenize_words(text: str) -> list[str]:
     Lines are split as Python's text files do (universal newlines); a final
     line without a newline still counts.
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if lines and lines[-1] == "":  # the text ended with a newline (or was empty)
-        lines.pop()
     tokens: list[str] = []
-    for line in lines:
+    for line in _lines(text):
         tokens.extend(line.split())
         tokens.append(EOS)
     return tokens
@@ -154,17 +173,113 @@ def build_vocab(tokens: Iterable[str]) -> list[str]:
     return sorted(counts, key=lambda t: (-counts[t], t))
 
 
-def _encode(tokens: Sequence[str], vocab: Sequence[str]) -> np.ndarray:
-    ids = {t: i for i, t in enumerate(vocab)}
-    unk = ids[UNK]
-    return np.fromiter((ids.get(t, unk) for t in tokens), dtype=np.int32, count=len(tokens))  # [n_tokens]
-
-
-def _read_text(path: epath.Path) -> str:
+def _read_text(path: epath.Path | zipfile.Path, builder: str) -> str:
+    """The UTF-8 text of ``path``; refuses a binary file (a NUL byte) or invalid UTF-8."""
+    data = path.read_bytes()
+    nul = data.find(b"\x00")
+    if nul >= 0:  # text never holds NUL; binary files and UTF-16 do
+        raise ValueError(
+            f"{builder}: {path} holds a NUL byte (at byte {nul}), so it is binary, not text; "
+            "the word level needs UTF-8 text."
+        )
     try:
-        return path.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"text_file: {path} is not UTF-8 ({e}); the word level needs UTF-8 text.") from e
+        raise ValueError(f"{builder}: {path} is not UTF-8 ({e}); the word level needs UTF-8 text.") from e
+
+
+def _first_seen_ids(text: str, table: collections.defaultdict) -> np.ndarray:
+    """``tokenize_words(text)`` as provisional ids from ``table``, which gives each token it lacks the next id.
+
+    Ids rather than a token list: WikiText-103's 10^8 train tokens take 400 MB
+    as int32, several GB as Python strings.
+    """
+    lookup, eos = table.__getitem__, table[EOS]
+    ids = array.array("i")
+    for line in _lines(text):
+        ids.extend(map(lookup, line.split()))
+        ids.append(eos)
+    return np.asarray(ids, dtype=np.int32)  # [n_tokens]
+
+
+def _read_words(path: epath.Path | zipfile.Path, table: collections.defaultdict, builder: str) -> np.ndarray:
+    """One input file as provisional ids (``_first_seen_ids``); refuses a file with no words."""
+    ids = _first_seen_ids(_read_text(path, builder), table)  # [n_tokens]
+    if not (ids != table[EOS]).any():
+        raise ValueError(
+            f"{builder}: {path} is an empty split: it holds no words, only whitespace; the word level needs text."
+        )
+    return ids
+
+
+def _vocab_from_train(table: collections.defaultdict, train: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``build_vocab`` of the train ids, and the map from provisional id to vocabulary id.
+
+    A token that train does not hold (seen only in valid / test) maps to ``<unk>``.
+    """
+    unk = table[UNK]  # always in the vocabulary, with count 0 if train lacks it
+    tokens = list(table)  # by provisional id: the table hands out ids in insertion order
+    counts = np.bincount(train, minlength=len(tokens)).tolist()
+    kept = sorted((i for i, c in enumerate(counts) if c > 0 or i == unk), key=lambda i: (-counts[i], tokens[i]))
+    remap = np.full(len(tokens), kept.index(unk), dtype=np.int32)
+    remap[kept] = np.arange(len(kept), dtype=np.int32)
+    return [tokens[i] for i in kept], remap
+
+
+def word_streams(
+    files: Mapping[str, epath.Path | zipfile.Path], *, builder: str = "text_file"
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The word level of the module docstring: the vocabulary and each split's ids.
+
+    The same as ``tokenize_words`` on each file, ``build_vocab`` on train and
+    every token looked up (``<unk>`` when train lacks it), in far less memory.
+
+    Args:
+      files: ``find_text_files``' result: ``{split: path}`` with a
+        ``'train'`` among them, or ``{'text': path}``, split 90/5/5 by tokens.
+        A path may be a zip member (``zipfile.Path``), read in place.
+      builder: the name that starts each error message.
+
+    Returns:
+      ``(vocab, {split: ids})``: ``vocab[i]`` is the token of id ``i``; ids
+      are int32, ``[n_tokens]``.
+
+    Raises:
+      FileNotFoundError: if per-split ``files`` have no ``'train'``.
+      ValueError: for a file holding a NUL byte, invalid UTF-8 or no words.
+    """
+    table = collections.defaultdict()
+    table.default_factory = table.__len__  # a new token gets the next id
+    if "text" in files:
+        ids = _split_one(_read_words(files["text"], table, builder))
+    else:
+        if "train" not in files:
+            raise FileNotFoundError(
+                f"{builder}: the word level builds its vocabulary from the train split, but "
+                f"{files[next(iter(files))].parent} has no {' or '.join(SPLIT_FILE_NAMES['train'])}."
+            )
+        ids = {k: _read_words(p, table, builder) for k, p in files.items()}
+    vocab, remap = _vocab_from_train(table, ids["train"])
+    return vocab, {k: remap[v] for k, v in ids.items()}
+
+
+def word_chunk_features() -> tfds.features.FeaturesDict:
+    """A word-level split stored as ordered chunks (shared by the word-level builders)."""
+    return tfds.features.FeaturesDict(
+        {
+            "index": np.int64,  # chunk position within the split
+            "ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),  # [<= CHUNK_SIZE]
+        }
+    )
+
+
+def chunk_examples(stream: np.ndarray, key: str) -> Iterator[tuple[int, dict[str, object]]]:
+    """One split's examples: ``{'index': i, key: stream[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]}`` in order.
+
+    At least one (possibly empty) chunk: tfds refuses a split with no examples.
+    """
+    for index, start in enumerate(range(0, max(len(stream), 1), CHUNK_SIZE)):
+        yield index, {"index": index, key: stream[start : start + CHUNK_SIZE]}
 
 
 @dataclasses.dataclass
@@ -201,18 +316,18 @@ class TextFile(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         if self.builder_config.level == "word":
-            key, dtype = "ids", np.int32
+            features = word_chunk_features()
         else:
-            key, dtype = "bytes", np.uint8
+            features = tfds.features.FeaturesDict(
+                {
+                    "index": np.int64,  # chunk position within the split
+                    "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # [<= CHUNK_SIZE]
+                }
+            )
         return tfds.core.DatasetInfo(
             builder=self,
             description="A local text corpus as one contiguous token stream per split.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "index": np.int64,  # chunk position within the split
-                    key: tfds.features.Tensor(shape=(None,), dtype=dtype),  # [<= CHUNK_SIZE]
-                }
-            ),
+            features=features,
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # chunks are written, and read, in index order
         )
@@ -220,9 +335,9 @@ class TextFile(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = builder_inputs.manual_dir(dl_manager, "text_file")
         files = find_text_files(manual_dir)
-        self.info.metadata["source"] = describe_source(manual_dir)
+        self.info.metadata["source"] = describe_files(files)
         if self.builder_config.level == "word":
-            streams = self._word_streams(files)
+            self.info.metadata["vocab"], streams = word_streams(files)
         else:
             streams = self._char_streams(files)
         return {split: self._generate_examples(ids) for split, ids in streams.items()}
@@ -233,25 +348,8 @@ class TextFile(tfds.core.GeneratorBasedBuilder):
             streams = _split_one(streams.pop("text"))
         return streams
 
-    def _word_streams(self, files: dict[str, epath.Path]) -> dict[str, np.ndarray]:
-        if "text" in files:
-            tokens = _split_one(tokenize_words(_read_text(files["text"])))
-        else:
-            if "train" not in files:
-                raise FileNotFoundError(
-                    f"text_file: the word level builds its vocabulary from the train split, but "
-                    f"{files[next(iter(files))].parent} has no {' or '.join(SPLIT_FILE_NAMES['train'])}."
-                )
-            tokens = {k: tokenize_words(_read_text(p)) for k, p in files.items()}
-        vocab = build_vocab(tokens["train"])
-        self.info.metadata["vocab"] = vocab
-        return {k: _encode(t, vocab) for k, t in tokens.items()}
-
     def _generate_examples(self, ids: np.ndarray) -> Iterator[tuple[int, dict[str, object]]]:
-        key = "ids" if self.builder_config.level == "word" else "bytes"
-        # At least one (possibly empty) chunk: tfds refuses a split with no examples.
-        for index, start in enumerate(range(0, max(len(ids), 1), CHUNK_SIZE)):
-            yield index, {"index": index, key: ids[start : start + CHUNK_SIZE]}
+        yield from chunk_examples(ids, "ids" if self.builder_config.level == "word" else "bytes")
 
 
 def _split_one(stream):

@@ -33,6 +33,7 @@ that is not 2-D (``nn.Conv``), a tied softmax's ``bias_i`` and cluster logits.
 """
 
 from flaxprune.layers.adaptive import AdaptiveEmbedding, AdaptiveSoftmax, AdaptiveSpec, adaptive_clusters, nll
+from flaxprune.layers.adaptive_loss import adaptive_nll
 from flaxprune.layers.adaptive_layout import ADAPTIVE_LAYOUT
 from flaxprune.layers.dense_layout import DENSE_LAYOUT
 from flaxprune.layers.factorized import FACTORIZED_LAYOUT, FactorizedDense, FactorizedSpec, default_rank
@@ -78,6 +79,7 @@ __all__ = [
     "WEIGHT_GATED_LAYOUT",
     "WeightGatedDense",
     "adaptive_clusters",
+    "adaptive_nll",
     "default_rank",
     "nll",
 ]

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxprune.gates import GATE_PARAM, gate_values, log_alpha_init
+from flaxprune.layers.adaptive_loss import ClusterWeights, adaptive_nll, cluster_logits
 from flaxprune.plan import Plan
 
 __all__ = [
@@ -54,7 +55,7 @@ ClusterParams = tuple[Any, Any, Any]
 
 
 def adaptive_clusters(
-    n_token: int, d_embed: int, cutoffs: Sequence[int] = (), div_val: float = 1
+    n_token: int, d_embed: int, cutoffs: Sequence[int] = (), div_val: float = 1, div_freq: int = 1
 ) -> tuple[tuple[int, int, int], ...]:
     """The clusters of an adaptive vocabulary, validated.
 
@@ -63,7 +64,9 @@ def adaptive_clusters(
       d_embed: embedding dim of cluster 0.
       cutoffs: strictly increasing token ids in ``(0, n_token)`` where a new
         cluster starts; empty for a single cluster.
-      div_val: cluster ``i`` has ``d_embed // div_val**i`` dims.
+      div_val: cluster ``i`` has ``d_embed // div_val**(i // div_freq)`` dims.
+      div_freq: how many clusters share a size before it is divided again (FLOP's WikiText-103 model:
+        ``div_val=4, div_freq=2``, so six clusters of ``d, d, d/4, d/4, d/16, d/16`` dims).
 
     Returns:
       ``((start_i, n_i, d_i), ...)``, one triple per cluster.
@@ -77,6 +80,8 @@ def adaptive_clusters(
         raise ValueError(f"d_embed={d_embed!r} must be an int >= 1.")
     if not div_val >= 1:
         raise ValueError(f"div_val={div_val!r} must be >= 1 (1 gives every cluster d_embed dims).")
+    if isinstance(div_freq, bool) or not isinstance(div_freq, (int, np.integer)) or div_freq < 1:
+        raise ValueError(f"div_freq={div_freq!r} must be an int >= 1 (1 divides at every cluster).")
     cuts = tuple(cutoffs)
     if not all(isinstance(c, (int, np.integer)) for c in cuts):
         raise ValueError(f"cutoffs={cutoffs!r} must be ints.")
@@ -87,12 +92,12 @@ def adaptive_clusters(
     bounds = (0,) + cuts + (n_token,)
     out = []
     for i in range(len(bounds) - 1):
-        d_i = int(d_embed // div_val**i)
+        d_i = int(d_embed // div_val ** (i // div_freq))
         if d_i < 1:
             raise ValueError(
                 f"d_embed={d_embed} with div_val={div_val!r} leaves cluster {i} of cutoffs={cutoffs!r} with "
-                f"d_embed // div_val**{i} = {d_i} dims; it must be >= 1: raise d_embed, lower div_val or use "
-                "fewer cutoffs."
+                f"d_embed // div_val**{i // div_freq} = {d_i} dims; it must be >= 1: raise d_embed, lower div_val "
+                "or use fewer cutoffs."
             )
         out.append((int(bounds[i]), int(bounds[i + 1] - bounds[i]), d_i))
     return tuple(out)
@@ -129,7 +134,7 @@ def _clusters(module: nn.Module) -> tuple[tuple[int, int, int], ...]:
     if not (isinstance(module.d_proj, (int, np.integer)) and module.d_proj >= 1):
         raise ValueError(f"{_where(module)}: d_proj={module.d_proj!r} must be an int >= 1.")
     try:
-        return adaptive_clusters(module.n_token, module.d_embed, module.cutoffs, module.div_val)
+        return adaptive_clusters(module.n_token, module.d_embed, module.cutoffs, module.div_val, module.div_freq)
     except ValueError as e:
         raise ValueError(f"{_where(module)}: {e}") from None
 
@@ -150,7 +155,7 @@ def _spec(module: nn.Module, clusters) -> AdaptiveSpec:
         if d > d_i:
             raise ValueError(
                 f"{_where(module)}: the plan's AdaptiveSpec keeps {d} dims of cluster {i}, which has {d_i} "
-                f"(d_embed // div_val**{i}); pass the plan that shrink returned with these params."
+                "(d_embed // div_val**(i // div_freq)); pass the plan that shrink returned with these params."
             )
     return found
 
@@ -192,7 +197,7 @@ class AdaptiveEmbedding(nn.Module):
       d_embed: embedding dim of cluster 0.
       d_proj: output (model) width.
       cutoffs: strictly increasing ids in ``(0, n_token)`` starting clusters 1, 2, ...
-      div_val: cluster ``i`` has ``d_embed // div_val**i`` dims.
+      div_val, div_freq: cluster ``i`` has ``d_embed // div_val**(i // div_freq)`` dims.
       gated: gate the dims (False: a plain adaptive embedding).
       plan: pruning plan; an :class:`AdaptiveSpec` under this module's path
         overrides the dims and ``gated``.
@@ -208,6 +213,7 @@ class AdaptiveEmbedding(nn.Module):
     d_proj: int
     cutoffs: tuple[int, ...] = ()
     div_val: float = 1
+    div_freq: int = 1
     gated: bool = True
     plan: Plan = Plan()
     deterministic: bool | None = None
@@ -277,7 +283,7 @@ class AdaptiveSoftmax(nn.Module):
     ``n_i + d_proj`` cost stays exact.
 
     Attributes:
-      n_token, d_embed, d_proj, cutoffs, div_val: as in
+      n_token, d_embed, d_proj, cutoffs, div_val, div_freq: as in
         :class:`AdaptiveEmbedding` (and equal to the tied embedding's).
       gated: gate the dims; ignored when tied (the gates are the embedding's).
       tied: the :class:`AdaptiveEmbedding` whose weights and gates to share,
@@ -298,6 +304,7 @@ class AdaptiveSoftmax(nn.Module):
     d_proj: int
     cutoffs: tuple[int, ...] = ()
     div_val: float = 1
+    div_freq: int = 1
     gated: bool = True
     tied: AdaptiveEmbedding | None = None
     plan: Plan = Plan()
@@ -328,7 +335,7 @@ class AdaptiveSoftmax(nn.Module):
     def _check_tied(self):
         if not isinstance(self.tied, AdaptiveEmbedding):
             raise ValueError(f"{_where(self)}: tied={self.tied!r} must be an AdaptiveEmbedding or None.")
-        for name in ("n_token", "d_embed", "d_proj", "cutoffs", "div_val"):
+        for name in ("n_token", "d_embed", "d_proj", "cutoffs", "div_val", "div_freq"):
             mine, theirs = getattr(self, name), getattr(self.tied, name)
             if name == "cutoffs":
                 mine, theirs = tuple(mine), tuple(theirs)
@@ -340,8 +347,31 @@ class AdaptiveSoftmax(nn.Module):
                 f"'{'/'.join(self.tied.path)}', but the plan holds {self.plan.spec(self.path)!r} for it."
             )
 
+    def _masked_weights(self, deterministic: bool | None) -> list[ClusterWeights]:
+        """Per cluster ``(embedding, projection, mask, bias)``: the mask drawn once (own sample, own key)."""
+        if self.tied is None:
+            weights, gate = self.weights, self.plan.gate
+        else:
+            # The mask follows the owner of log_alpha, so surgery's fold stays exact.
+            weights, gate = self.tied.cluster_params(), self.tied.plan.gate
+        if any(la is not None for _, _, la in weights):
+            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        out = []
+        for i, ((emb, proj, la), bias) in enumerate(zip(weights, self.biases)):
+            z = None
+            if la is not None:
+                z = gate_values(self, la, gate, deterministic)  # [d_i]
+                self.sow("intermediates", f"gate_{i}", z)
+            out.append((emb, proj, z, bias))
+        return out
+
+    def _cluster_logits_params(self) -> tuple[Any, Any]:
+        if len(self.clusters) == 1:
+            return None, None
+        return self.cluster_kernel, self.cluster_bias
+
     def __call__(self, hidden: jax.Array, deterministic: bool | None = None) -> jax.Array:
-        """Log-probabilities of every token.
+        """Log-probabilities of every token (for training on large vocabularies, :meth:`nll`).
 
         Args:
           hidden: ``[..., d_proj]`` final hidden states.
@@ -351,39 +381,58 @@ class AdaptiveSoftmax(nn.Module):
         Returns:
           ``[..., n_token]`` log-probabilities, normalized over the vocabulary.
         """
-        if self.tied is None:
-            weights, gate = self.weights, self.plan.gate
-        else:
-            # The mask follows the owner of log_alpha, so surgery's fold stays exact.
-            weights, gate = self.tied.cluster_params(), self.tied.plan.gate
-        if any(la is not None for _, _, la in weights):
-            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        weights = self._masked_weights(deterministic)
         dtype = _dtype(self)
         hidden = hidden.astype(dtype)
-        batch = hidden.shape[:-1]
-        logits = []
-        for i, ((_, n_i, _), (emb, proj, la), bias) in enumerate(zip(self.clusters, weights, self.biases)):
-            if emb is None:
-                logits.append(jnp.broadcast_to(bias.astype(dtype), batch + (n_i,)))
-                continue
-            h = jnp.matmul(hidden, proj.astype(dtype).T)  # [..., d_i]
-            if la is not None:
-                z = gate_values(self, la, gate, deterministic)  # [d_i]: own sample, own key
-                self.sow("intermediates", f"gate_{i}", z)
-                h = h * z.astype(dtype)
-            logits.append(jnp.matmul(h, emb.astype(dtype).T) + bias.astype(dtype))  # [..., n_i]
+        logits = [cluster_logits(hidden, w, dtype) for w in weights]  # [..., n_i] each
         # Normalizing over the vocabulary in bf16 would lose the rare tokens.
         norm = jnp.promote_types(dtype, jnp.float32)
         head = logits[0]
         n_0 = head.shape[-1]
         if len(logits) > 1:
-            cluster_logits = jnp.matmul(hidden, self.cluster_kernel.astype(dtype)) + self.cluster_bias.astype(dtype)
-            head = jnp.concatenate([head, cluster_logits], axis=-1)  # [..., n_0 + n_clusters]
+            kernel, bias = self._cluster_logits_params()
+            cluster = jnp.matmul(hidden, kernel.astype(dtype)) + bias.astype(dtype)
+            head = jnp.concatenate([head, cluster], axis=-1)  # [..., n_0 + n_clusters]
         head = jax.nn.log_softmax(head.astype(norm), axis=-1)
         pieces = [head[..., :n_0]]
         for i, tail in enumerate(logits[1:], start=1):
             pieces.append(head[..., n_0 + i - 1, None] + jax.nn.log_softmax(tail.astype(norm), axis=-1))
         return jnp.concatenate(pieces, axis=-1)
+
+    def nll(
+        self, hidden: jax.Array, targets: jax.Array, deterministic: bool | None = None, chunk: int = 1024
+    ) -> jax.Array:
+        """``-log p(targets)`` without the full-vocabulary logits (:func:`~flaxprune.layers.adaptive_loss.adaptive_nll`).
+
+        Equal to ``nll(self(hidden), targets)``, at memory ``O(tokens * (d_proj + n_0 + clusters) + chunk *
+        max n_i)`` instead of ``O(tokens * n_token)``.
+
+        Args:
+          hidden: ``[..., d_proj]`` final hidden states.
+          targets: ``[...]`` integer token ids in ``[0, n_token)``.
+          deterministic: as in :meth:`__call__`; one gate sample serves every token.
+          chunk: tokens per step of the tail clusters' scan.
+
+        Returns:
+          ``[...]`` float32 nats.
+        """
+        if targets.shape != hidden.shape[:-1]:
+            raise ValueError(
+                f"{_where(self)}: targets {targets.shape} must have the shape of hidden {hidden.shape} without its "
+                "last axis."
+            )
+        kernel, bias = self._cluster_logits_params()
+        flat = adaptive_nll(
+            hidden.reshape(-1, hidden.shape[-1]),
+            targets.reshape(-1),
+            self.clusters,
+            self._masked_weights(deterministic),
+            kernel,
+            bias,
+            dtype=_dtype(self),
+            chunk=chunk,
+        )
+        return flat.reshape(targets.shape)
 
 
 def nll(log_probs: jax.Array, targets: jax.Array) -> jax.Array:

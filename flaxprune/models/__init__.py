@@ -2,7 +2,9 @@
 
 Every language model is a Linen module ``Model(config)`` with
 ``apply(variables, tokens [B, T], carry, deterministic) -> (logits [B, T, V], carry)``
-and ``initial_carry(batch_size)``; the carry (recurrent state or memory) has
+and ``initial_carry(batch_size)``; a model with a ``token_nll(tokens, targets, carry, deterministic)``
+method (the word-level SRU, whose adaptive softmax need not build every logit) trains and evaluates
+through it; the carry (recurrent state or memory) has
 batch as its leading axis. ``BertClassifier`` maps token ids, token types and
 an attention mask to ``[B, num_labels]`` logits. Every config is a frozen
 dataclass with ``vocab_size``, ``gated`` and ``plan`` fields.
@@ -18,6 +20,7 @@ from flaxprune.layers import AdaptiveSpec, FactorizedSpec, InputGatedSpec, Maske
 from flaxprune.models.bert import BertClassifier, BertConfig
 from flaxprune.models.sru import SRUConfig, SRULanguageModel
 from flaxprune.models.transformer_xl import TransformerXL, TransformerXLConfig
+from flaxprune.models.word_sru import WordSRUConfig, WordSRULanguageModel
 from flaxprune.plan import Plan
 
 __all__ = [
@@ -29,6 +32,8 @@ __all__ = [
     "SRULanguageModel",
     "TransformerXL",
     "TransformerXLConfig",
+    "WordSRUConfig",
+    "WordSRULanguageModel",
     "build_model",
     "model_for",
 ]
@@ -38,6 +43,7 @@ MODELS: dict[str, tuple[type, type]] = {
     "sru": (SRULanguageModel, SRUConfig),
     "txl": (TransformerXL, TransformerXLConfig),
     "bert": (BertClassifier, BertConfig),
+    "word_sru": (WordSRULanguageModel, WordSRUConfig),
 }
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "build_lm_task",
     "check_corpus_fits",
     "make_eval_step",
+    "model_nll",
     "token_nll",
 ]
 
@@ -43,12 +44,25 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
+def model_nll(model: Any, params: Any, x: jax.Array, y: jax.Array, carry: Any, **kwargs: Any) -> tuple[jax.Array, Any]:
+    """``([batch, time] nll in nats, new carry)``: through the model's own ``token_nll`` when it has one.
+
+    The word-level SRU's adaptive softmax computes the loss without building every word's logit
+    (:mod:`flaxprune.layers.adaptive_loss`); other models return logits and the loss is their cross-entropy.
+    ``kwargs``: ``deterministic`` and, in training, ``rngs``.
+    """
+    if hasattr(type(model), "token_nll"):
+        return model.apply({"params": params}, x, y, carry, method="token_nll", **kwargs)
+    logits, new_carry = model.apply({"params": params}, x, carry, **kwargs)
+    return token_nll(logits, y), new_carry
+
+
 def make_eval_step(model: Any) -> Callable[..., tuple[jax.Array, Any]]:
     """``eval_step(params, carry, x, y) -> (sum of nll in nats, new carry)`` with deterministic masks."""
 
     def eval_step(params, carry, x, y):
-        logits, new_carry = model.apply({"params": params}, x, carry, deterministic=True)
-        return jnp.sum(token_nll(logits, y)), new_carry
+        nll, new_carry = model_nll(model, params, x, y, carry, deterministic=True)
+        return jnp.sum(nll), new_carry
 
     return eval_step
 
@@ -124,7 +138,7 @@ class LanguageModelingTask:
     seq_len: int
     eval_batch_size: int
     speed_batch_size: int
-    score_name: str = "valid_bpc"
+    score_name: str = "valid_bpc"  # valid_ppl on a word corpus ranks checkpoints the same (both grow with the nll)
     higher_is_better: bool = False
 
     def __post_init__(self):
@@ -159,12 +173,24 @@ class LanguageModelingTask:
         zeros = self.model.initial_carry(x.shape[0])
         carry = jax.tree.map(lambda c, z: jnp.where(batch["reset"], z, c), carry, zeros)
         carry = jax.lax.stop_gradient(carry)  # truncated backprop through time
-        logits, new_carry = self.model.apply({"params": params}, x, carry, deterministic=False, rngs=rngs)
-        ce = jnp.mean(token_nll(logits, y))
-        return ce, ({"bpc": ce * LOG2E}, new_carry)
+        nll, new_carry = model_nll(self.model, params, x, y, carry, deterministic=False, rngs=rngs)
+        ce = jnp.mean(nll)
+        metrics = {"bpc": ce * LOG2E}
+        if self.word_level:
+            metrics["ppl"] = jnp.exp(ce)
+        return ce, (metrics, new_carry)
+
+    @property
+    def word_level(self) -> bool:
+        """A word corpus: scores in perplexity (``exp`` of the mean nll per word) besides bits per token."""
+        return getattr(self.corpus, "vocab", None) is not None
 
     def evaluate(self, params: Any, split: str) -> dict[str, float]:
-        return {f"{split}_bpc": self._evaluator.bpc(params, getattr(self.corpus, split))}
+        total, count = self._evaluator.nll(params, getattr(self.corpus, split))
+        out = {f"{split}_bpc": LOG2E * total / count}
+        if self.word_level:
+            out[f"{split}_ppl"] = float(np.exp(total / count))
+        return out
 
     def speed_inputs(self) -> tuple:
         rng = np.random.default_rng(0)
@@ -190,8 +216,17 @@ def check_corpus_fits(corpus: Any, train: Any) -> None:
       train: ``config.train`` (``batch_size``, ``eval_batch_size``, ``seq_len``).
 
     Raises:
-      ValueError: naming the split, its size in tokens and what the batch sizes need.
+      ValueError: naming the split, its size in tokens and what the batch sizes need; or a token id
+        outside ``[0, corpus.vocab_size)``.
     """
+    for split in ("train", "valid", "test"):
+        ids = np.asarray(getattr(corpus, split))
+        if ids.size and (ids.min() < 0 or ids.max() >= corpus.vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise ValueError(
+                f"the {split} split holds token id {bad}, outside the vocabulary [0, {corpus.vocab_size}): "
+                "the data and its vocabulary do not match; prepare the dataset again in a fresh data_dir."
+            )
     seq_len = train.seq_len
     reads = [("train", train.batch_size, "config.train.batch_size", "a training batch")]
     reads += [(s, train.eval_batch_size, "config.train.eval_batch_size", "an evaluation") for s in ("valid", "test")]

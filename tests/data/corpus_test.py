@@ -20,10 +20,11 @@ def _assert_int32(corpus):
 
 def test_unknown_name_lists_the_accepted_ones(tmp_path):
     with pytest.raises(
-        ValueError, match="name='wikitext' is not one of .*'enwik8', 'text_char', 'text_word', 'stdlib'"
+        ValueError,
+        match="name='wikitext' is not one of .*'enwik8', 'text_char', 'text_word', 'wikitext103', 'wikitext2'",
     ):
         load_corpus("wikitext", tmp_path)
-    assert CORPUS_NAMES == ("enwik8", "text_char", "text_word", "stdlib")
+    assert CORPUS_NAMES == ("enwik8", "text_char", "text_word", "wikitext103", "wikitext2", "stdlib")
 
 
 def test_enwik8(tmp_path):
@@ -126,5 +127,6 @@ def test_corpus_vocab_errors_name_the_value(tmp_path):
     manual = _write(tmp_path / "manual", {"train.txt": b"a b\n"})
     with pytest.raises(ValueError, match=r"vocab='chars' is not accepted; accepted: \('bytes', 'corpus'\)"):
         load_corpus("text_char", tmp_path / "data", manual, vocab="chars")
-    with pytest.raises(ValueError, match="vocab='corpus' is not accepted; accepted: None"):
-        load_corpus("text_word", tmp_path / "data", manual, vocab="corpus")
+    for name in ("text_word", "wikitext103", "wikitext2"):  # checked before any input is looked at
+        with pytest.raises(ValueError, match="vocab='corpus' is not accepted; accepted: None"):
+            load_corpus(name, tmp_path / "data", manual, vocab="corpus")

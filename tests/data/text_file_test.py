@@ -122,6 +122,38 @@ def test_word_level_needs_utf8(tmp_path):
         _prepare(tmp_path, "word", {"train.txt": b"\xff\xfe"})
 
 
+@pytest.mark.parametrize("data, at", [(b"the\x00cat\n", 3), ("the cat\n".encode("utf-16-le"), 1)])
+def test_word_level_refuses_nul_bytes(tmp_path, data, at):
+    with pytest.raises(ValueError, match=rf"text_file: .*valid.txt holds a NUL byte .at byte {at}., so it is binary"):
+        _prepare(tmp_path, "word", {"train.txt": TRAIN, "valid.txt": data})
+
+
+@pytest.mark.parametrize("name", ["test.txt", "text.txt"])
+def test_word_level_refuses_an_empty_split(tmp_path, name):
+    files = {"train.txt": TRAIN, "test.txt": " \n\n"} if name == "test.txt" else {"text.txt": "\t\n \n"}
+    with pytest.raises(ValueError, match=f"{tmp_path / 'manual' / name} is an empty split: it holds no words"):
+        _prepare(tmp_path, "word", files)
+
+
+def test_word_streams_is_tokenize_build_vocab_and_lookup(tmp_path):
+    rng = np.random.default_rng(0)
+    words = np.array(["a", "b", "c", "d", "<unk>", "é", "x y"])
+    texts = {
+        split: "".join(
+            " ".join(rng.choice(words, size=rng.integers(0, 6))) + rng.choice(["\n", "\r\n", "\r"]) for _ in range(n)
+        )
+        for split, n in (("train", 60), ("valid", 20), ("test", 20))
+    }
+    texts["valid"] += "unseen words\n"
+    files = {s: _write(tmp_path, {f"{s}.txt": t}) / f"{s}.txt" for s, t in texts.items()}
+    vocab, ids = text_file.word_streams(files)
+    tokens = {s: text_file.tokenize_words(t) for s, t in texts.items()}
+    assert vocab == text_file.build_vocab(tokens["train"])
+    for split, expected in tokens.items():
+        assert ids[split].dtype == np.int32
+        assert [vocab[i] for i in ids[split]] == [t if t in vocab else "<unk>" for t in expected]
+
+
 def test_missing_manual_dir(tmp_path):
     builder = text_file.TextFile(config="char", data_dir=str(tmp_path / "data"))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
