@@ -51,7 +51,7 @@ def parse_args(argv):
     except ValueError:
         args.vocab = []
     if not args.vocab or min(args.vocab) < 100:
-        problems.append(f"--vocab: accepted: comma-separated integers >= 100, e.g. 33278,267735")
+        problems.append("--vocab: accepted: comma-separated integers >= 100, e.g. 33278,267735")
     if args.data is not None and not pathlib.Path(args.data).is_file():
         problems.append(f"--data={args.data!r}: not a file; pass a word-level text file")
     if args.repeats < 1:
@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(
             f"| {r['corpus']} | {r['vocab_size']:,} | {r['cutoffs']} | {r['variant']} | {r['tokens_per_s']:,.0f} | "
-            f"{r['step_ms']:.0f} | {r['temp_mb']:,.0f} | x{r['speedup_vs_full']:.2f} | x{r['theoretical_speedup']:.2f} |"
+            f"{r['step_ms']:.0f} | {r['temp_mb']:,.0f} | x{r['speedup_vs_full']:.2f} | "
+            f"x{r['theoretical_speedup']:.2f} |"
         )
     write_results(args.results, f"adaptive_softmax_{device}", command, rows, lines)
     print("\n".join(lines))

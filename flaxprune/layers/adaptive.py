@@ -402,7 +402,7 @@ class AdaptiveSoftmax(nn.Module):
     def nll(
         self, hidden: jax.Array, targets: jax.Array, deterministic: bool | None = None, chunk: int = 1024
     ) -> jax.Array:
-        """``-log p(targets)`` without the full-vocabulary logits (:func:`~flaxprune.layers.adaptive_loss.adaptive_nll`).
+        """``-log p(targets)`` without the full-vocabulary logits (:func:`~flaxprune.layers.adaptive_nll`).
 
         Equal to ``nll(self(hidden), targets)``, at memory ``O(tokens * (d_proj + n_0 + clusters) + chunk *
         max n_i)`` instead of ``O(tokens * n_token)``.

@@ -90,7 +90,6 @@ def adaptive_nll(
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"adaptive_nll: chunk={chunk!r} must be an integer >= 1.")
     norm = jnp.promote_types(dtype, jnp.float32)
-    n = hidden.shape[0]
     starts = [s for s, _, _ in clusters]
     targets = targets.astype(jnp.int32)
     head = cluster_logits(hidden, weights[0], dtype)  # [N, n_0]
