@@ -48,8 +48,9 @@ def report_lines(rows: dict, command: str) -> list[str]:
                         ("flop_reduced", "FLOP, reduced (after shrink)")):
         r = rows[name]
         lines.append(
-            f"| {label} | {_f(r['valid_ppl'])} | {_f(r['test_ppl'])} | {r['embedding_params'] + r['recurrent_params']:,}"
-            f" | {r['embedding_params']:,} | {r['recurrent_params']:,} |"
+            f"| {label} | {_f(r['valid_ppl'])} | {_f(r['test_ppl'])} | "
+            f"{r['embedding_params'] + r['recurrent_params']:,} | {r['embedding_params']:,} | "
+            f"{r['recurrent_params']:,} |"
         )
     hard = rows["flop_gated"].get("hard_sparsity")
     lines += [
