@@ -43,6 +43,7 @@ def parse_args(argv):
     parser.add_argument("--vocab", default="33278,267735", help="vocabulary sizes (Zipf targets), comma-separated")
     parser.add_argument("--data", default=None, help="a word-level text file to take the targets from instead")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--d-model", type=int, default=D, help="the SRU's width (and the head band's dims)")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
     problems = []
@@ -54,6 +55,8 @@ def parse_args(argv):
         problems.append("--vocab: accepted: comma-separated integers >= 100, e.g. 33278,267735")
     if args.data is not None and not pathlib.Path(args.data).is_file():
         problems.append(f"--data={args.data!r}: not a file; pass a word-level text file")
+    if args.d_model < 4:
+        problems.append(f"--d-model={args.d_model}: accepted: an integer >= 4")
     if args.repeats < 1:
         problems.append(f"--repeats={args.repeats}: accepted: an integer >= 1")
     return args, problems
@@ -89,14 +92,14 @@ def forward_macs_per_token(config, share: np.ndarray, variant: str) -> float:
     return float(embed + sru + out)
 
 
-def build_step(variant: str, vocab_size: int, cutoffs, x, y):
+def build_step(variant: str, vocab_size: int, cutoffs, x, y, d: int = D):
     import jax
     import jax.numpy as jnp
 
     from flaxprune.layers import nll
     from flaxprune.models import WordSRUConfig, WordSRULanguageModel
 
-    config = WordSRUConfig(vocab_size=vocab_size, d_model=D, n_layers=LAYERS, rank=RANK, d_embed=D,
+    config = WordSRUConfig(vocab_size=vocab_size, d_model=d, n_layers=LAYERS, rank=min(RANK, d), d_embed=d,
                            cutoffs=() if variant == "full" else cutoffs, div_val=2, div_freq=1, dropout=0.0,
                            loss_chunk=256)
     model = WordSRULanguageModel(config)
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
         y = jnp.asarray(ids[1 : BATCH * SEQ + 1].reshape(BATCH, SEQ))
         share = np.bincount(np.searchsorted(np.asarray(cutoffs), np.asarray(y).ravel(), side="right"),
                             minlength=len(cutoffs) + 1) / y.size
-        steps = {v: build_step(v, vocab_size, cutoffs, x, y) for v in VARIANTS}
+        steps = {v: build_step(v, vocab_size, cutoffs, x, y, args.d_model) for v in VARIANTS}
         times = {v: [] for v in VARIANTS}
         for v, (_, call, _) in steps.items():
             jax.block_until_ready(call())  # warm up
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
     lines = [
         f"# Training step of the word-level SRU: full vs adaptive softmax ({device}, {jax.device_count()} device(s))",
         "",
-        f"Made by `{command}`. Model: {LAYERS} SRU layers of d={D} (rank {RANK}), tied embedding and softmax, "
+        f"Made by `{command}`. Model: {LAYERS} SRU layers of d={args.d_model} (rank {min(RANK, args.d_model)}), tied embedding and softmax, "
         f"batch {BATCH} x {SEQ} tokens; one jitted loss + gradient, median of {args.repeats} interleaved. "
         "Memory: XLA's temp buffers of the compiled step. Theoretical: multiply-adds per token of the whole model.",
         "",

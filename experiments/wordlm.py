@@ -143,6 +143,8 @@ def config_for(args, manual_dir: pathlib.Path, workdir: pathlib.Path, cutoffs, t
     c.train.steps = args.steps
     c.train.log_every = max(1, min(50, args.steps // 40))
     c.train.eval_every = c.train.checkpoint_every = max(1, args.steps // 8)
+    if args.tiny:
+        c.train.eval_every = c.train.checkpoint_every = max(1, args.steps // 2)
     c.prune.enabled = target is not None
     c.prune.target = target or 0.0
     c.prune.target_warmup = args.steps * 2 // 5

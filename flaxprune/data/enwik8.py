@@ -15,7 +15,8 @@ Where the bytes come from, in this order:
    official archive), or a prefix of enwik8 named ``enwik7`` .. ``enwik3``
    (its first 10^k bytes, e.g. ``head -c 1000000 enwik8 > enwik6``) for
    quick runs. Any other file of those names is accepted as it is.
-2. Otherwise the official archive, downloaded from ``URL``.
+2. Otherwise the official archive, downloaded from ``URL`` and read in place
+   (not extracted: tfds' extractor needs TensorFlow, which flaxprune does not install).
 
 Splits follow the paper for the full 10^8 bytes and are 90% / 5% / 5%
 contiguous (train, valid, test in that order) for any other size; both are
@@ -114,6 +115,11 @@ def find_enwik8_file(manual_dir: str | epath.PathLike | None) -> epath.Path | No
     return None
 
 
+def _is_zip(path: epath.Path) -> bool:
+    with path.open("rb") as f:
+        return zipfile.is_zipfile(f)
+
+
 def read_enwik8_file(path: str | epath.PathLike) -> np.ndarray:
     """Reads a raw enwik file, or the ``enwik8`` member of a zip, as bytes.
 
@@ -132,7 +138,7 @@ def read_enwik8_file(path: str | epath.PathLike) -> np.ndarray:
     path = epath.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"enwik8: {path} does not exist (expected one of {MANUAL_FILE_NAMES}).")
-    if path.name.endswith(".zip"):
+    if path.name.endswith(".zip") or _is_zip(path):  # a download's name need not end in .zip
         with path.open("rb") as f, zipfile.ZipFile(f) as archive:
             names = archive.namelist()
             member = "enwik8" if "enwik8" in names else (names[0] if len(names) == 1 else None)
@@ -190,7 +196,8 @@ class Enwik8(tfds.core.GeneratorBasedBuilder):
         path = find_enwik8_file(folder)
         if path is None:
             try:
-                path = epath.Path(dl_manager.download_and_extract(URL)) / "enwik8"
+                # Downloaded, not extracted: tfds' extractor imports TensorFlow; the zip is read in place.
+                path = epath.Path(dl_manager.download(URL))
             except Exception as e:  # Offline, proxy, server: all mean the same to the user.
                 raise FileNotFoundError(
                     f"enwik8: no {' / '.join(MANUAL_FILE_NAMES)} in the manual dir ({folder or 'absent or empty'}) "
