@@ -113,7 +113,7 @@ def _bert_forward(model, params, input_ids, token_type_ids, attention_mask):
 
 
 def export_signature(config: Any) -> Signature:
-    """The exported function's signature for a model config (SRU, Transformer-XL or BERT classifier).
+    """The exported function's signature for a model config (SRU, word SRU, Transformer-XL or BERT classifier).
 
     Raises:
       ValueError: for a config of no known model.
@@ -129,7 +129,7 @@ def export_signature(config: Any) -> Signature:
     tokens = Tensor("tokens", ("b", "t"), "int32", "token ids")
     logits = Tensor("logits", ("b", "t", config.vocab_size), "float32", "next-token logits")
     dims = {"b": "batch size (>= 1)", "t": "segment length (>= 1)"}
-    if kind == "sru":
+    if kind in ("sru", "word_sru"):  # the word SRU's logits are its adaptive softmax's log-probabilities
         c = Tensor("carry/c", ("b", config.n_layers, config.d_model), "float32", "each layer's state; zeros to start")
         return Signature((tokens, c), (logits, c), dims, (), _lm_forward(["c"]))
     dims["t"] += f"; the memory length mem_len = {config.mem_len} is fixed by the config"

@@ -19,7 +19,7 @@ import pytest
 
 import flaxprune as fp
 from flaxprune import cli, export
-from flaxprune.models import BertConfig, SRUConfig, TransformerXLConfig, model_for
+from flaxprune.models import BertConfig, SRUConfig, TransformerXLConfig, WordSRUConfig, model_for
 from flaxprune.training.checkpoint import model_config_from_json, save_reduced
 
 
@@ -29,11 +29,13 @@ CONFIGS = {
                                rank=3, dropout=0.0),
     "bert": BertConfig(vocab_size=20, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16,
                        max_position=12, num_labels=3, factorized=True, gated=True, dropout=0.0),
+    "word_sru": WordSRUConfig(vocab_size=20, d_model=8, n_layers=2, rank=3, cutoffs=(5, 12), div_val=2, dropout=0.0),
 }
 CASES = {  # (batch, time): two of each, and for Transformer-XL segments shorter and longer than its memory
     "sru": [(1, 5), (3, 9)],
     "txl": [(2, 3), (3, 6)],
     "bert": [(2, 5), (3, 12)],
+    "word_sru": [(1, 5), (3, 9)],
 }
 
 
@@ -46,7 +48,7 @@ def reduced(kind, seed=0):
     params = model.init(jax.random.key(seed), *args)["params"]
 
     def cut(path, x):
-        if path[-1].key != "log_alpha":
+        if not path[-1].key.startswith("log_alpha"):  # log_alpha_i of the adaptive embedding's bands too
             return x
         return jnp.where(jnp.arange(x.shape[0]) % 3 == 0, -10.0, 5.0).astype(x.dtype)
 
@@ -59,7 +61,7 @@ def inputs_for(kind, cfg, b, t):
     """Random inputs in the export's order, as numpy arrays."""
     rng = np.random.default_rng(b * 100 + t)
     ids = rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32)
-    if kind == "sru":
+    if kind in ("sru", "word_sru"):
         return [ids, rng.normal(size=(b, cfg.n_layers, cfg.d_model)).astype(np.float32)]
     if kind == "txl":
         mems = rng.normal(size=(b, cfg.n_layers, cfg.mem_len, cfg.d_model)).astype(np.float32)
@@ -74,7 +76,7 @@ def flax_outputs(kind, params, cfg, inputs):
     model = model_for(cfg)
     if kind == "bert":
         return [jax.jit(lambda p, *x: model.apply({"params": p}, *x, deterministic=True))(params, *inputs)]
-    names = ["c"] if kind == "sru" else ["mems", "length"]
+    names = ["c"] if kind in ("sru", "word_sru") else ["mems", "length"]
     carry = dict(zip(names, inputs[1:]))
     apply = jax.jit(lambda p, x, c: model.apply({"params": p}, x, c, deterministic=True))
     logits, new = apply(params, inputs[0], carry)
