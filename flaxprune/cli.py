@@ -124,10 +124,13 @@ def shrink_main() -> None:
 
 
 def report_main() -> None:
-    """``flaxprune report``: per-layer ranks, params and FLOPs of a checkpoint."""
+    """``flaxprune report``: per-layer ranks, params and FLOPs of a checkpoint, or of the model a config builds."""
     from flaxprune.training import runs
 
-    print(runs.report_checkpoint(_CHECKPOINT.value))
+    if _CHECKPOINT.value:
+        print(runs.report_checkpoint(_CHECKPOINT.value))
+    else:
+        print(runs.report_config(_CONFIG.value, config_flags.get_config_filename(FLAGS[_CONFIG.name])))
 
 
 def export_main() -> None:
@@ -251,10 +254,12 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             name="report",
-            summary="Print the per-layer kept ranks, params and FLOPs/token of a run or a reduced model.",
+            summary="Print the per-layer kept ranks, params and FLOPs/token of a run, a reduced model or a config.",
             run=report_main,
-            args=(Arg(_CHECKPOINT, "DIR", required=True), *COMMON_ARGS),
-            examples=("flaxprune report --checkpoint=/tmp/run", "flaxprune report --checkpoint=/tmp/run_small"),
+            args=(Arg(_CHECKPOINT, "DIR"), Arg(_CONFIG, "FILE"), *COMMON_ARGS),
+            one_of=("checkpoint", "config"),
+            examples=("flaxprune report --checkpoint=/tmp/run", "flaxprune report --checkpoint=/tmp/run_small",
+                      "flaxprune report --config=experiments/configs/sru_wt103.py"),
         ),
         Command(
             name="export",
@@ -376,6 +381,8 @@ def _parse_flags(command: Command, args: list[str]) -> None:
     missing = [f"--{a.name}" for a in command.args if a.required and a.is_missing()]
     if missing:
         raise UsageError(f"missing required flag(s): {', '.join(missing)}")
+    if command.one_of_problem():
+        raise UsageError(command.one_of_problem())
 
 
 def _usage_error(command: Command, args: list[str], error: Exception) -> UsageError | None:

@@ -68,6 +68,17 @@ class Command:
     examples: tuple[str, ...]  # whole command lines, each starting "flaxprune <name>"
     usage_tail: str = ""  # what the usage line shows after the flags
     notes: str = ""  # paragraphs after the flags
+    one_of: tuple[str, ...] = ()  # flag names of which exactly one must be given (checked before the command runs)
+
+    def one_of_problem(self) -> str | None:
+        """``'give one of --a=X or --b=Y[, not both]'`` when not exactly one of ``one_of`` is given, else None."""
+        if not self.one_of:
+            return None
+        args = [a for a in self.args if a.name in self.one_of]
+        given = [a for a in args if not a.is_missing()]
+        if len(given) == 1:
+            return None
+        return f"give one of {' or '.join(a.usage() for a in args)}{', not both' if given else ''}"
 
     def usage(self) -> str:
         shown = [a.usage() if a.required else f"[{a.usage()}]" for a in self.args]

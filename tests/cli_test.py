@@ -99,7 +99,7 @@ def test_version(capsys):
         (["eval", "--workdir={tmp}/run", "--split=train"], "--split=train: value should be one of <valid|test>"),
         (["eval", "--workdir={tmp}/run", "--output={tmp}/small"], "--output is not a flag of eval"),
         (["shrink", "--workdir={tmp}/run"], "missing required flag(s): --output"),
-        (["report"], "missing required flag(s): --checkpoint"),
+        (["report"], "give one of --checkpoint=DIR or --config=FILE"),
         (["report", "{tmp}/run"], "unexpected argument(s)"),
         (["report", "--bogus"], "Unknown command line flag 'bogus'"),
     ],

@@ -111,3 +111,14 @@ def test_adaptive_softmax_bench_times_all_three_variants(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["temp_mb"] > 0 for r in rows)
     assert rows[2]["theoretical_speedup"] > rows[1]["theoretical_speedup"]  # the tails only where targets fall
     assert adaptive_softmax_bench.main(["--vocab=abc"]) == 2
+
+
+def test_flaxprune_report_of_the_paper_config_builds_nothing_and_prints_its_size(capsys):
+    from flaxprune import cli
+
+    assert cli.main(["report", f"--config={ROOT / 'experiments' / 'configs' / 'sru_wt103.py'}"]) == 0
+    out = capsys.readouterr().out
+    assert "vocab_size 267,735" in out and "total params: 149,759,580" in out
+    assert out.count("adaptive[") == 6 and out.count("factorized") == 12
+    assert cli.main(["report"]) == 2  # neither --checkpoint nor --config
+    assert "give one of --checkpoint=DIR or --config=FILE" in capsys.readouterr().err

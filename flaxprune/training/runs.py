@@ -29,7 +29,7 @@ from flaxprune.training.checkpoint import (
 from flaxprune.training.state_compaction import train_model_config
 from flaxprune.training.task import build_task
 
-__all__ = ["evaluate_run", "finished_summary", "load_run", "report_checkpoint", "shrink_run"]
+__all__ = ["evaluate_run", "finished_summary", "load_run", "report_checkpoint", "report_config", "shrink_run"]
 
 
 def finished_summary(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any] | None:
@@ -125,4 +125,49 @@ def report_checkpoint(path: str | pathlib.Path) -> str:
             f"dense-reference sparsity (method {getattr(config, 'method', 'flop')!r}; the same count for every "
             f"method): {1.0 - kept / total:.4f}, {kept:,} of the {total:,} weights of the dense pruned matrices kept"
         )
+    return "\n".join(lines)
+
+
+def report_config(config: Any, name: str = "config", vocab_size: int | None = None) -> str:
+    """The per-layer report of the language model a config file builds, without allocating its weights.
+
+    The weights are shapes (``jax.eval_shape``); only the gates are drawn, as at the start of training, so
+    a 150M-parameter model (``sru_wt103.py``) reports its size on any machine.
+
+    Args:
+      config: an experiment ConfigDict of a language model (``experiments/configs/*.py``).
+      name: what to call it in the title (its file name).
+      vocab_size: the vocabulary (by default the model config's own default: 256 bytes for the SRU,
+        WikiText-103's 267,735 words for the word SRU).
+
+    Raises:
+      ValueError: for a bad config field or a config whose task is not language modeling.
+    """
+    import jax.numpy as jnp
+
+    from flaxprune.gates import is_gate_param, log_alpha_init
+    from flaxprune.models import build_model
+    from flaxprune.training.config import method_fields, plan_from_config, validate
+
+    validate(config)
+    if config.get("task", "lm") != "lm":
+        raise ValueError(f"report --config={name}: config.task={config.task!r}; accepted: a language model ('lm').")
+    fields = dict(config.model)
+    name = fields.pop("name")
+    fields.update(method_fields(config))
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
+    model, model_config = build_model(name, **fields, gated=bool(config.prune.enabled), plan=plan_from_config(config))
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, model.initial_carry(1))["params"])
+    gate = model_config.plan.gate
+    init = log_alpha_init(gate.drop_rate, gate.init_std)
+
+    def concrete_gates(key_path, leaf):
+        last = key_path[-1]
+        return init(jax.random.key(0), leaf.shape) if is_gate_param(getattr(last, "key", last)) else leaf
+
+    params = jax.tree_util.tree_map_with_path(concrete_gates, shapes)
+    lines = [f"{name} ({type(model_config).__name__}, vocab_size {model_config.vocab_size:,}; at initialization)",
+             format_report(report(params, gate, model_config.plan)), f"total params: {total_params(params):,}"]
     return "\n".join(lines)
