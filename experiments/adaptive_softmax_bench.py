@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     lines = [
         f"# Training step of the word-level SRU: full vs adaptive softmax ({device}, {jax.device_count()} device(s))",
         "",
-        f"Made by `{command}`. Model: {LAYERS} SRU layers of d={args.d_model} (rank {min(RANK, args.d_model)}), tied embedding and softmax, "
+        f"Made by `{command}`. Model: {LAYERS} SRU layers of d={args.d_model} (rank {min(RANK, args.d_model)}), "
+        "tied embedding and softmax, "
         f"batch {BATCH} x {SEQ} tokens; one jitted loss + gradient, median of {args.repeats} interleaved. "
         "Memory: XLA's temp buffers of the compiled step. Theoretical: multiply-adds per token of the whole model.",
         "",
