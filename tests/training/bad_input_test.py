@@ -77,6 +77,18 @@ def test_the_check_matches_the_batchers_arithmetic():
         check_corpus_fits(Corpus(ok, ok[:0], ok[:EVAL_NEEDS], 256), config.train)
 
 
+def test_a_token_id_outside_the_vocabulary_is_refused():
+    config = tiny_lm_config()
+    ok = np.zeros(TRAIN_NEEDS, np.int32)
+    bad = ok.copy()
+    bad[7] = 256
+    with pytest.raises(ValueError, match=r"the valid split holds token id 256, outside the vocabulary \[0, 256\)"):
+        check_corpus_fits(Corpus(ok, bad[:EVAL_NEEDS], ok[:EVAL_NEEDS], 256), config.train)
+    bad[7] = -1
+    with pytest.raises(ValueError, match="the train split holds token id -1"):
+        check_corpus_fits(Corpus(bad, ok[:EVAL_NEEDS], ok[:EVAL_NEEDS], 256), config.train)
+
+
 def test_a_rank_above_the_model_width_is_refused(tmp_path):
     config = tiny_lm_config(**{"data.data_dir": str(tmp_path / "tfds"), "model.d_model": 32, "model.rank": 1000})
     _refused(config, tmp_path / "run", r"SRUConfig: rank=1000 must be None .* integer in \[1, 32\]")
