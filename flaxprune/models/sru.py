@@ -40,7 +40,7 @@ from flaxprune.layers.gated_kernel import check_block
 from flaxprune.methods import check_method
 from flaxprune.plan import Plan
 
-__all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "forget_scan", "sru_recurrence"]
+__all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "check_carry", "forget_scan", "sru_recurrence", "zero_carry"]
 
 Carry = dict[str, jax.Array]  # {'c': [batch, n_layers, d_model] float32}
 
@@ -149,6 +149,30 @@ class SRUConfig:
         if self.embed_dim is not None:
             return self.embed_dim
         return min(self.vocab_size, self.d_model)
+
+
+def zero_carry(who: str, batch_size: int, n_layers: int, d_model: int) -> Carry:
+    """The zero state ``{'c': [batch_size, n_layers, d_model]}`` float32 of a stack of SRU layers.
+
+    Raises:
+      ValueError: naming ``who`` (the model's ``initial_carry``) for a batch size that is not an integer >= 1.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{who}.initial_carry: batch_size={batch_size!r} must be an integer >= 1.")
+    return {"c": jnp.zeros((batch_size, n_layers, d_model), jnp.float32)}
+
+
+def check_carry(who: str, tokens: jax.Array, carry: Any, n_layers: int, d_model: int) -> None:
+    """Refuses tokens that are not ``[batch, time]`` or a carry that is not ``{'c': [batch, n_layers, d_model]}``."""
+    if tokens.ndim != 2:
+        raise ValueError(f"{who}: tokens must be [batch, time], got shape {tokens.shape}.")
+    expected = (tokens.shape[0], n_layers, d_model)
+    if not isinstance(carry, Mapping) or set(carry) != {"c"} or carry["c"].shape != expected:
+        got = {k: getattr(v, "shape", v) for k, v in carry.items()} if isinstance(carry, Mapping) else carry
+        raise ValueError(
+            f"{who}: carry must be {{'c': [batch, n_layers, d_model]}} = {{'c': {expected}}} "
+            f"(see initial_carry), got {got}."
+        )
 
 
 def sru_recurrence(
@@ -376,10 +400,7 @@ class SRULanguageModel(nn.Module):
 
     def initial_carry(self, batch_size: int) -> Carry:
         """The zero state ``{'c': [batch_size, n_layers, d_model]}`` float32; works unbound."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"SRULanguageModel.initial_carry: batch_size={batch_size!r} must be an integer >= 1.")
-        cfg = self.config
-        return {"c": jnp.zeros((batch_size, cfg.n_layers, cfg.d_model), jnp.float32)}
+        return zero_carry("SRULanguageModel", batch_size, self.config.n_layers, self.config.d_model)
 
     @nn.compact
     def __call__(self, tokens: jax.Array, carry: Carry, deterministic: bool = True) -> tuple[jax.Array, Carry]:
@@ -400,15 +421,7 @@ class SRULanguageModel(nn.Module):
             batch and the config.
         """
         cfg = self.config
-        if tokens.ndim != 2:
-            raise ValueError(f"SRULanguageModel: tokens must be [batch, time], got shape {tokens.shape}.")
-        expected = (tokens.shape[0], cfg.n_layers, cfg.d_model)
-        if not isinstance(carry, Mapping) or set(carry) != {"c"} or carry["c"].shape != expected:
-            got = {k: getattr(v, "shape", v) for k, v in carry.items()} if isinstance(carry, Mapping) else carry
-            raise ValueError(
-                f"SRULanguageModel: carry must be {{'c': [batch, n_layers, d_model]}} = {{'c': {expected}}} "
-                f"(see initial_carry), got {got}."
-            )
+        check_carry("SRULanguageModel", tokens, carry, cfg.n_layers, cfg.d_model)
         init = _uniform(math.sqrt(3.0 / cfg.vocab_size))
         x = nn.Embed(
             cfg.vocab_size,

@@ -27,7 +27,6 @@ never builds the tail clusters' logits for every token
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 
 from flaxprune.layers import AdaptiveEmbedding, AdaptiveSoftmax
 from flaxprune.layers.adaptive import adaptive_clusters
-from flaxprune.models.sru import Carry, SRULayer
+from flaxprune.models.sru import Carry, SRULayer, check_carry, zero_carry
 from flaxprune.plan import Plan
 
 __all__ = ["WordSRUConfig", "WordSRULanguageModel"]
@@ -161,23 +160,11 @@ class WordSRULanguageModel(nn.Module):
 
     def initial_carry(self, batch_size: int) -> Carry:
         """The zero state ``{'c': [batch_size, n_layers, d_model]}`` float32; works unbound."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"WordSRULanguageModel.initial_carry: batch_size={batch_size!r} must be an integer >= 1.")
-        cfg = self.config
-        return {"c": jnp.zeros((batch_size, cfg.n_layers, cfg.d_model), jnp.float32)}
+        return zero_carry("WordSRULanguageModel", batch_size, self.config.n_layers, self.config.d_model)
 
     def hidden(self, tokens: jax.Array, carry: Carry, deterministic: bool = True) -> tuple[jax.Array, Carry]:
         """``([time, batch, d_model] final hidden states, new carry)`` of a chunk of ``[batch, time]`` ids."""
-        cfg = self.config
-        if tokens.ndim != 2:
-            raise ValueError(f"WordSRULanguageModel: tokens must be [batch, time], got shape {tokens.shape}.")
-        expected = (tokens.shape[0], cfg.n_layers, cfg.d_model)
-        if not isinstance(carry, Mapping) or set(carry) != {"c"} or carry["c"].shape != expected:
-            got = {k: getattr(v, "shape", v) for k, v in carry.items()} if isinstance(carry, Mapping) else carry
-            raise ValueError(
-                f"WordSRULanguageModel: carry must be {{'c': [batch, n_layers, d_model]}} = {{'c': {expected}}} "
-                f"(see initial_carry), got {got}."
-            )
+        check_carry("WordSRULanguageModel", tokens, carry, self.config.n_layers, self.config.d_model)
         x = self.embed(tokens.T, deterministic)  # [time, batch, d_model]: time-major, the recurrence's layout
         x = self.drop(x, deterministic=deterministic)
         states = []
