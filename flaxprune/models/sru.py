@@ -40,7 +40,16 @@ from flaxprune.layers.gated_kernel import check_block
 from flaxprune.methods import check_method
 from flaxprune.plan import Plan
 
-__all__ = ["SRUConfig", "SRULanguageModel", "SRULayer", "check_carry", "forget_scan", "sru_recurrence", "zero_carry"]
+__all__ = [
+    "SRUConfig",
+    "SRULanguageModel",
+    "SRULayer",
+    "check_carry",
+    "check_config_int",
+    "forget_scan",
+    "sru_recurrence",
+    "zero_carry",
+]
 
 Carry = dict[str, jax.Array]  # {'c': [batch, n_layers, d_model] float32}
 
@@ -73,11 +82,7 @@ class SRUConfig:
 
     def __post_init__(self):
         def check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
-            if allow_none and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                accepted = f"an integer >= {low}" + (" or None" if allow_none else "")
-                raise ValueError(f"SRUConfig: {name}={value!r} must be {accepted}.")
+            check_config_int("SRUConfig", name, value, low, allow_none)
 
         check_int("vocab_size", self.vocab_size, 1)
         check_int("d_model", self.d_model, 1)
@@ -149,6 +154,15 @@ class SRUConfig:
         if self.embed_dim is not None:
             return self.embed_dim
         return min(self.vocab_size, self.d_model)
+
+
+def check_config_int(owner: str, name: str, value: Any, low: int, allow_none: bool = False) -> None:
+    """Refuses a config field that is not an integer >= ``low`` (or None, when allowed), naming ``owner``."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        accepted = f"an integer >= {low}" + (" or None" if allow_none else "")
+        raise ValueError(f"{owner}: {name}={value!r} must be {accepted}.")
 
 
 def zero_carry(who: str, batch_size: int, n_layers: int, d_model: int) -> Carry:

@@ -35,18 +35,14 @@ import jax.numpy as jnp
 
 from flaxprune.layers import AdaptiveEmbedding, AdaptiveSoftmax
 from flaxprune.layers.adaptive import adaptive_clusters
-from flaxprune.models.sru import Carry, SRULayer, check_carry, zero_carry
+from flaxprune.models.sru import Carry, SRULayer, check_carry, check_config_int, zero_carry
 from flaxprune.plan import Plan
 
 __all__ = ["WordSRUConfig", "WordSRULanguageModel"]
 
 
 def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        accepted = f"an integer >= {low}" + (" or None" if allow_none else "")
-        raise ValueError(f"WordSRUConfig: {name}={value!r} must be {accepted}.")
+    check_config_int("WordSRUConfig", name, value, low, allow_none)
 
 
 @dataclasses.dataclass(frozen=True)
