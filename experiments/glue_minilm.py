@@ -1,8 +1,8 @@
 """MiniLM-L6 on GLUE: dense fine-tuning vs FLOP, one results table.
 
     python experiments/glue_minilm.py --workdir=/tmp/glue [--data=../shared/data/glue] \
-        [--tasks=mrpc,stsb,sst2] [--epochs=3] [--seq-len=128] [--sst2-subset=8000] [--target=0.5] \
-        [--gate-lr=0.1] [--lambda-lr=0.01] [--speed-seq-len=128]
+        [--tasks=mrpc,stsb,sst2] [--variants=dense,svd,flop,flop_distill] [--epochs=4] [--seq-len=64] \
+        [--train-subset=10000] [--target=0.5] [--speed-seq-len=128]
 
 For each task, three runs: the dense fine-tuning baseline; truncated SVD at
 the target's size (every encoder projection cut to the same top-r singular
@@ -30,10 +30,47 @@ from flaxprune.host_memory import keep_freed_memory
 from results_files import command_line, write_results  # experiments/, this script's folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_SIZES = {"mrpc": 3667, "stsb": 5749, "sst2": 67349, "cola": 8551, "rte": 2490}
+# dense fine-tuning, truncated SVD at the target's size, FLOP, FLOP distilled from the dense run
+VARIANTS = ("dense", "svd", "flop", "flop_distill")
 
 
-VARIANTS = ("dense", "svd", "flop")  # dense fine-tuning, truncated SVD at the target's size, FLOP
+def check_args(args) -> tuple[list[str], list[str]]:
+    """The tasks and variants to run, checked before anything is written.
+
+    Raises:
+      ValueError: one line naming the flag, its value and what is accepted.
+    """
+    from flaxprune.data.glue import GLUE_TASKS, get_task
+
+    data = pathlib.Path(args.data)
+    if not data.is_dir():
+        raise ValueError(f"--data={args.data!r} is not a folder; it must hold the GLUE tasks' <TASK>/train.tsv.")
+    if args.tasks:
+        tasks = [get_task(t).name for t in args.tasks.split(",")]  # ValueError lists the accepted tasks
+    else:
+        tasks = [t.name for t in GLUE_TASKS.values() if (data / t.folder / "train.tsv").is_file()]
+        if not tasks:
+            raise ValueError(f"--data={args.data!r} holds no GLUE task (no <TASK>/train.tsv, e.g. MRPC/train.tsv).")
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants={args.variants!r}: unknown {unknown}; accepted: {','.join(VARIANTS)}.")
+    if "flop_distill" in variants and "dense" not in variants:
+        missing = [t for t in tasks if not (pathlib.Path(args.workdir) / f"{t}_dense").is_dir()]
+        if missing:
+            raise ValueError(f"--variants={args.variants!r}: flop_distill needs the dense runs (teachers) of {missing}.")
+    for flag, value, ok in (
+        ("--epochs", args.epochs, args.epochs > 0),
+        ("--evals", args.evals, args.evals >= 1),
+        ("--seq-len", args.seq_len, args.seq_len >= 2),
+        ("--train-subset", args.train_subset, args.train_subset >= 0),
+        ("--target", args.target, 0 <= args.target < 1),
+        ("--hidden-weight", args.hidden_weight, args.hidden_weight >= 0),
+        ("--batch-size", args.batch_size, args.batch_size >= 1),
+    ):
+        if not ok:
+            raise ValueError(f"{flag}={value!r} is out of range (epochs > 0, evals >= 1, target in [0, 1), ...).")
+    return tasks, variants
 
 
 def equal_size_rank(checkpoint: str, target: float) -> tuple[int, float]:
@@ -62,8 +99,19 @@ def equal_size_rank(checkpoint: str, target: float) -> tuple[int, float]:
     return uniform_rank(shapes, target, basis="dense")
 
 
-def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> object:
-    """The run's config; ``svd_rank`` (from :func:`equal_size_rank`) is needed for the ``'svd'`` variant."""
+def train_size(data: str | pathlib.Path, task: str) -> int:
+    """Examples in the task's ``train.tsv`` under ``data`` (the GLUE download script's layout)."""
+    from flaxprune.data.glue import glue_files, read_glue_tsv
+
+    return sum(1 for _ in read_glue_tsv(task, glue_files(task, data)["train"]))
+
+
+def config_for(task: str, variant: str, args, n_train: int, svd_rank: int | None = None) -> object:
+    """The run's config: the same defaults for every task, the length from its training-set size ``n_train``.
+
+    ``svd_rank`` (from :func:`equal_size_rank`) is needed for the ``'svd'`` variant; ``'flop_distill'``
+    distils from the task's dense run in ``args.workdir``.
+    """
     from flaxprune.training.config import load_config_file
 
     c = load_config_file(ROOT / "experiments" / "configs" / "bert_glue.py")
@@ -72,26 +120,24 @@ def config_for(task: str, variant: str, args, svd_rank: int | None = None) -> ob
     c.data.data_dir = args.tfds_dir
     c.model.checkpoint = args.checkpoint
     c.train.batch_size = args.batch_size
-    n = TRAIN_SIZES.get(task, 10_000)
-    if task == "sst2" and args.sst2_subset:
-        c.data.train_subset = args.sst2_subset
-        n = args.sst2_subset
-    steps = max(10, math.ceil(per_task(task, args, "epochs") * n / c.train.batch_size))
+    if args.train_subset and n_train > args.train_subset:
+        c.data.train_subset = args.train_subset
+        n_train = args.train_subset
+    steps = max(10, math.ceil(args.epochs * n_train / c.train.batch_size))
     c.train.seq_len = args.seq_len
     c.train.steps = steps
-    c.train.eval_every = max(10, steps // 4)
-    c.train.checkpoint_every = max(10, steps // 4)
+    c.train.eval_every = max(10, steps // args.evals)
+    c.train.checkpoint_every = max(10, steps // args.evals)
     c.train.log_every = 10
     c.optim.warmup_steps = steps // 10
-    for flag, name in (("gate_lr", "gate_learning_rate"), ("lambda_lr", "lambda_learning_rate")):
-        rate = per_task(task, args, flag)
-        if rate is not None:
-            c.optim[name] = rate
-    c.prune.enabled = variant == "flop"
+    c.prune.enabled = variant.startswith("flop")
     c.prune.target = args.target
     if variant == "svd":  # the baseline: fine-tune the top singular components, ungated
         c.model.factorized = True
         c.model.rank = svd_rank
+    if variant == "flop_distill":
+        c.distill.teacher = str(pathlib.Path(args.workdir).resolve() / f"{task}_dense")
+        c.distill.hidden_weight = args.hidden_weight
     c.prune.target_warmup = steps // 2
     return c
 
@@ -108,28 +154,6 @@ def rank_table(ranks: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def per_task(task: str, args, name: str) -> float | None:
-    """The value of flag ``name`` (``'epochs'``, ``'gate_lr'``, ``'lambda_lr'``) for ``task``; None if unset.
-
-    The flag holds ``'3'`` (all tasks) or ``'mrpc=3,stsb=2'`` (per task).
-
-    Raises:
-      ValueError: naming the flag when it is malformed or names no value for ``task``.
-    """
-    spec, flag = getattr(args, name), "--" + name.replace("_", "-")
-    if spec is None:
-        return None
-    try:
-        if "=" not in spec:
-            return float(spec)
-        table = {k.strip(): float(v) for k, v in (item.split("=") for item in spec.split(","))}
-    except ValueError:
-        raise ValueError(f"{flag}={spec!r}: expected a number or 'task=number,...'.") from None
-    if task not in table:
-        raise ValueError(f"{flag}={spec!r} names no value for task {task!r}.")
-    return table[task]
-
-
 def encoder_params(params) -> int:
     from flaxprune.size import total_params
 
@@ -141,38 +165,42 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "glue"))
-    parser.add_argument("--tasks", default="mrpc,stsb,sst2")
-    parser.add_argument("--epochs", default="3", help="epochs for every task ('3') or per task ('mrpc=3,stsb=2')")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--sst2-subset", type=int, default=8000)
+    parser.add_argument("--tasks", default="", help="comma-separated GLUE tasks ('' = every task in --data)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {','.join(VARIANTS)}")
+    parser.add_argument("--epochs", type=float, default=4.0, help="passes over the (subset of the) training set")
+    parser.add_argument("--evals", type=int, default=4, help="dev evaluations (and checkpoints) per run")
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--train-subset", type=int, default=10000, help="train on a random subset this large (0 = all)")
     parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--hidden-weight", type=float, default=1.0, help="flop_distill: per-layer hidden-state MSE")
     parser.add_argument("--checkpoint", default="", help="HF-format BERT folder ('' = the installed MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tfds-dir", default="", help="where tfds prepares the data ('' = ~/tensorflow_datasets)")
-    parser.add_argument("--gate-lr", default=None, help="Adam rate of the gates, all or per task")
-    parser.add_argument("--lambda-lr", default=None, help="Adam rate of the multipliers, all or per task")
     parser.add_argument("--speed-seq-len", type=int, default=128, help="tokens per example when timing")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     args = parser.parse_args(argv)
+    try:
+        tasks, variants = check_args(args)
+    except ValueError as e:
+        print(f"glue_minilm.py: {e}", file=sys.stderr)
+        return 2
 
     from flaxprune.size import report
     from flaxprune.training import RunFiles, finished_summary, load_reduced, load_run, time_forward, train
 
     workdir = pathlib.Path(args.workdir)
-    for task in args.tasks.split(","):  # a bad per-task flag fails here, not after the first runs
-        for flag in ("epochs", "gate_lr", "lambda_lr"):
-            per_task(task, args, flag)
     svd_rank, svd_sparsity = equal_size_rank(args.checkpoint, args.target)  # reads config.json once
     rows, models, flops = [], {}, {}
-    for task in args.tasks.split(","):
-        for variant in VARIANTS:
+    for task in tasks:
+        n_train = train_size(args.data, task)
+        for variant in variants:
             name = f"{task}_{variant}"
             print(f"== {name} ==", flush=True)
-            config = config_for(task, variant, args, svd_rank)
+            config = config_for(task, variant, args, n_train, svd_rank)
             summary = finished_summary(config, workdir / name) or train(config, workdir / name)
             if summary["status"] != "done":
                 return 1
-            prune = variant == "flop"
+            prune = variant.startswith("flop")
             if variant == "svd":  # its size is fixed by the rank
                 summary["hard_sparsity"] = svd_sparsity
             if prune:
@@ -183,18 +211,20 @@ def main(argv=None) -> int:
             ranks = {r.path.split("/encoder/")[1]: r.rank for r in rows_} if prune else {}
             flops[name] = sum(r.flops_per_token for r in rows_)
             models[name] = (model, jax.device_get(params))
-            dense_encoder = encoder_params(models[f"{task}_dense"][1])
+            dense = models.get(f"{task}_dense")  # None when --variants leaves dense out
+            dense_encoder = encoder_params(dense[1]) if dense else None
             rows.append(
                 {
                     "run": name,
+                    "task": task,
                     "dev": {k: v for k, v in summary.items() if k.startswith("valid_")},
                     "dev_reduced": {k: v for k, v in summary.items() if k.startswith("reduced_valid_")},
                     "hard_sparsity": summary.get("hard_sparsity"),
                     "encoder_params": encoder_params(params),
-                    "encoder_ratio": encoder_params(params) / dense_encoder,
+                    "encoder_ratio": encoder_params(params) / dense_encoder if dense else None,
                     "kept_ranks": ranks,
                     "projection_flops_per_token": flops[name],
-                    "flop_ratio_vs_dense": flops[f"{task}_dense"] / flops[name],
+                    "flop_ratio_vs_dense": flops[f"{task}_dense"] / flops[name] if dense else None,
                 }
             )
     # Side by side: every model timed in this process after all runs, on the same batch.
@@ -204,7 +234,7 @@ def main(argv=None) -> int:
     timed = {name: time_forward(m, p, inputs, repeats=10) for name, (m, p) in models.items()}
     for row in rows:
         row["ms_per_batch"] = timed[row["run"]] * 1e3
-        dense = row["run"].rsplit("_", 1)[0] + "_dense"
+        dense = f"{row['task']}_dense"
         row["speedup_vs_dense"] = timed[dense] / timed[row["run"]] if dense in timed else None
 
     command = command_line("glue_minilm.py", argv)
@@ -228,9 +258,12 @@ def main(argv=None) -> int:
         dev = ", ".join(f"{k[6:]} {v:.4f}" for k, v in r["dev"].items())
         reduced = ", ".join(f"{k[14:]} {v:.4f}" for k, v in r["dev_reduced"].items()) or "-"
         sparsity = "-" if r["hard_sparsity"] is None else f"{r['hard_sparsity']:.3f}"
+        ratio, speedup, flop_ratio = (
+            "-" if r[k] is None else f"x{r[k]:.2f}" for k in ("encoder_ratio", "speedup_vs_dense", "flop_ratio_vs_dense")
+        )
         lines.append(
-            f"| {r['run']} | {dev} | {reduced} | {sparsity} | {r['encoder_params']:,} (x{r['encoder_ratio']:.2f}) | "
-            f"{r['ms_per_batch']:.0f} | x{r['speedup_vs_dense']:.2f} | x{r['flop_ratio_vs_dense']:.2f} |"
+            f"| {r['run']} | {dev} | {reduced} | {sparsity} | {r['encoder_params']:,} ({ratio}) | "
+            f"{r['ms_per_batch']:.0f} | {speedup} | {flop_ratio} |"
         )
     lines += [
         "",

@@ -53,6 +53,7 @@ from flaxprune.size import (
     total_params,
     uniform_rank,
 )
+from flaxprune.sparsity_control import SparsityController, SparsityControllerState, sparsity_controller
 from flaxprune.spectral import component_scales, spectral_gates, spectral_log_alpha
 from flaxprune.surgery import factorize, factorize_params, shrink
 
@@ -74,6 +75,8 @@ __all__ = [
     "InputGatedSpec",
     "LayerRow",
     "Plan",
+    "SparsityController",
+    "SparsityControllerState",
     "component_scales",
     "default_rank",
     "deterministic_mask",
@@ -100,6 +103,7 @@ __all__ = [
     "report",
     "sample",
     "shrink",
+    "sparsity_controller",
     "spectral_gates",
     "spectral_log_alpha",
     "target_schedule",

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxprune.gates import is_gate_param
+from flaxprune.sparsity_control import SparsityController, sparsity_controller
 
 __all__ = [
     "GradientAscentState",
@@ -304,8 +305,9 @@ def _decay_mask(params: Any) -> Any:
 def flop_optimizer(
     learning_rate: ScalarOrSchedule,
     gate_learning_rate: ScalarOrSchedule,
-    lambda_learning_rate: float,
+    lambda_learning_rate: float | None = None,
     *,
+    multiplier_control: SparsityController | None = None,
     clip_norm: float | None = 1.0,
     weight_decay: float = 0.0,
     b1: float = 0.9,
@@ -323,7 +325,11 @@ def flop_optimizer(
     * ``'gates'``: plain ``optax.adam(gate_learning_rate)``, no clipping and no
       decay. FLOP's gates need their own, larger rate (e.g. 1e-2) to move
       against the multipliers at all.
-    * ``'multipliers'``: ``gradient_ascent(optax.adam(lambda_learning_rate))``.
+    * ``'multipliers'``: by default :func:`flaxprune.sparsity_control.sparsity_controller`, PI control
+      of ``log |lambda_1|`` that reaches any target with its default gains
+      (``multiplier_control`` sets them); with a ``lambda_learning_rate``,
+      FLOP's own ``gradient_ascent(optax.adam(lambda_learning_rate))``, whose
+      rate has to suit the task (a faithful reproduction).
 
     Clipping is computed over the model weights only: a large gradient on
     ``log_alpha`` or on the multipliers does not shrink the weights' step.
@@ -332,7 +338,7 @@ def flop_optimizer(
     Usage::
 
       trainable = {'params': params, 'lagrangian': init_multipliers()}
-      tx = flop_optimizer(noam_schedule(1.0, 4000), 1e-2, 1e-2)
+      tx = flop_optimizer(noam_schedule(1.0, 4000), 1e-2)  # multipliers: PI control
       opt_state = tx.init(trainable)
       grads = jax.grad(loss_fn)(trainable, ...)
       updates, opt_state = tx.update(grads, opt_state, trainable)
@@ -341,7 +347,10 @@ def flop_optimizer(
     Args:
       learning_rate: weights' rate (finite, > 0) or an optax schedule.
       gate_learning_rate: gates' rate (finite, > 0) or an optax schedule.
-      lambda_learning_rate: multipliers' rate (finite, > 0).
+      lambda_learning_rate: None (the default): the multipliers follow the
+        PI controller; a rate (finite, > 0): FLOP's Adam ascent at that rate.
+      multiplier_control: the controller's gains (None: its defaults); only
+        without a ``lambda_learning_rate``.
       clip_norm: maximum global norm of the weights' gradient (> 0), or None
         to skip clipping.
       weight_decay: decoupled weight decay (>= 0) of the weight matrices.
@@ -360,14 +369,24 @@ def flop_optimizer(
 
     Raises:
       ValueError: if a rate is not a finite number > 0 (and not a schedule,
-        where one is allowed), ``clip_norm`` is neither None nor finite and
+        where one is allowed), both ``lambda_learning_rate`` and
+        ``multiplier_control`` are given, ``clip_norm`` is neither None nor finite and
         > 0, ``weight_decay`` or ``eps`` is not finite and >= 0, or ``b1``
         or ``b2`` is outside [0, 1).
     """
     fn = "flop_optimizer"
     _check_rate(fn, "learning_rate", learning_rate, allow_schedule=True)
     _check_rate(fn, "gate_learning_rate", gate_learning_rate, allow_schedule=True)
-    _check_rate(fn, "lambda_learning_rate", lambda_learning_rate, allow_schedule=False)
+    if lambda_learning_rate is not None:
+        _check_rate(fn, "lambda_learning_rate", lambda_learning_rate, allow_schedule=False)
+        if multiplier_control is not None:
+            raise ValueError(
+                f"{fn}: lambda_learning_rate={lambda_learning_rate!r} (FLOP's Adam ascent) and multiplier_control="
+                f"{multiplier_control!r} (the PI controller) both choose the multipliers' update; pass one."
+            )
+        multipliers = gradient_ascent(optax.adam(lambda_learning_rate))
+    else:
+        multipliers = sparsity_controller(multiplier_control)  # raises for settings of the wrong type
     if clip_norm is not None and not (_is_finite(clip_norm) and clip_norm > 0):
         raise ValueError(f"{fn}: clip_norm={clip_norm!r} must be None (no clipping) or a finite number > 0.")
     if not (_is_finite(weight_decay) and weight_decay >= 0):
@@ -388,7 +407,7 @@ def flop_optimizer(
     transforms = {
         "weights": weights,
         "gates": optax.adam(gate_learning_rate),
-        "multipliers": gradient_ascent(optax.adam(lambda_learning_rate)),
+        "multipliers": multipliers,
     }
     tx = optax.partition(transforms, param_labels)
 

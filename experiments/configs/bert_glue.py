@@ -55,11 +55,17 @@ def get_config():
     c.optim.learning_rate = 5e-5
     c.optim.warmup_steps = 100
     c.optim.gate_learning_rate = 0.1  # fine-tuning is short: open gates must reach the cut within the ramp
-    # Multipliers (Adam ascent): they grow linearly at this rate and must reach tens to move open gates; runs
-    # of a few hundred steps need more (README: MRPC 0.02, SST-2 and STS-B 0.08 in experiments/glue_minilm.py).
-    c.optim.lambda_learning_rate = 0.01
     c.optim.clip_norm = 1.0
     c.optim.weight_decay = 0.01
+
+    # Distillation from a finished dense fine-tuning run (CoFiPruning's, Xia et al. 2022): the loss is
+    # (1 - alpha) * task loss + alpha * (the teacher's soft targets at temperature, or MSE for regression)
+    # + hidden_weight * per-layer MSE between student and teacher hidden states; the teacher runs in eval mode.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""  # the dense run's directory; '' = no distillation
+    c.distill.alpha = 0.9
+    c.distill.temperature = 2.0
+    c.distill.hidden_weight = 0.0
 
     c.prune.enabled = True
     c.prune.target = 0.5  # of the encoder projections, against their dense size (basis below)

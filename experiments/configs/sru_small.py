@@ -55,7 +55,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.learning_rate = 2e-3  # weights (AdamW)
     c.optim.warmup_steps = 100
     c.optim.gate_learning_rate = 1e-2  # log_alpha (Adam): FLOP's gates need their own, larger rate
-    c.optim.lambda_learning_rate = 1e-2  # multipliers (Adam, ascent)
+    # The multipliers' update (flaxprune.lagrangian.flop_optimizer): 'pi', the default, a proportional-integral
+    # controller on log(-lambda_1) that reaches any target without a per-task rate (fields of
+    # flaxprune.SparsityController in optim.multiplier; empty = its defaults); 'adam', FLOP's own gradient
+    # ascent with Adam at lambda_learning_rate (a faithful reproduction).
+    c.optim.multiplier_update = "pi"
+    c.optim.multiplier = ml_collections.ConfigDict()
+    c.optim.lambda_learning_rate = 1e-2  # multipliers, 'adam' only (Adam, ascent)
     c.optim.clip_norm = 1.0  # on model weights only; 0 disables
     c.optim.weight_decay = 0.0
 

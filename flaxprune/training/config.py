@@ -15,6 +15,7 @@ from flaxprune.lagrangian import noam_schedule
 from flaxprune.methods import AGP_METHODS, METHODS
 from flaxprune.plan import Plan
 from flaxprune.size import BASES
+from flaxprune.sparsity_control import SparsityController
 
 __all__ = [
     "SCHEDULES",
@@ -23,12 +24,14 @@ __all__ = [
     "learning_rate_schedule",
     "load_config_file",
     "method_fields",
+    "multiplier_control",
     "plan_from_config",
     "sparsity_basis",
     "validate",
 ]
 
 SCHEDULES = ("constant", "noam", "linear_warmup", "cosine", "linear")
+MULTIPLIER_UPDATES = ("pi", "adam")  # flaxprune.sparsity_controller (the default), FLOP's Adam ascent
 SECTIONS = ("model", "data", "train", "optim", "prune")
 GATE_INITS = ("constant", "spectral")  # every log_alpha from prune.gate.drop_rate, or from the SVD spectrum
 
@@ -89,7 +92,9 @@ def validate(config: Any) -> None:
     if o.schedule not in SCHEDULES:
         raise ValueError(f"config.optim.schedule={o.schedule!r} is not a schedule; accepted: {list(SCHEDULES)}.")
     for name in ("learning_rate", "gate_learning_rate", "lambda_learning_rate"):
-        _finite_number("optim", name, o[name], 0, strict=True)
+        if name in o or name != "lambda_learning_rate":
+            _finite_number("optim", name, o[name], 0, strict=True)
+    multiplier_control(o)
     _positive_int("optim", "warmup_steps", o.warmup_steps, minimum=0)
     if "clip_norm" in o:
         _finite_number("optim", "clip_norm", o.clip_norm, 0, strict=False, note=" (0 disables clipping)")
@@ -158,6 +163,37 @@ def _check_method(config: Any) -> None:
             f"config.prune.compact_every={compaction_settings(config)[0]} compacts FLOP's factorized and input-gated "
             f"layers only; set it to 0 for config.prune.method={method!r}."
         )
+
+
+def multiplier_control(optim: Any) -> tuple[str, Any]:
+    """How the multipliers are updated: ``('pi', SparsityController)`` or ``('adam', lambda_learning_rate)``.
+
+    ``config.optim.multiplier_update`` (default ``'pi'``) picks the update; ``config.optim.multiplier``
+    holds fields of :class:`flaxprune.SparsityController` (unset ones keep its defaults).
+
+    Raises:
+      ValueError: naming the field, for an unknown update, an unknown controller field or a bad value.
+    """
+    update = optim.get("multiplier_update", "pi")
+    if update not in MULTIPLIER_UPDATES:
+        raise ValueError(
+            f"config.optim.multiplier_update={update!r} is not a multiplier update; accepted: "
+            f"{list(MULTIPLIER_UPDATES)} ('pi': PI control, no per-task rate; 'adam': FLOP's ascent at "
+            "optim.lambda_learning_rate)."
+        )
+    if update == "adam":
+        if "lambda_learning_rate" not in optim:
+            raise ValueError("config.optim.multiplier_update='adam' needs config.optim.lambda_learning_rate (> 0).")
+        return update, optim.lambda_learning_rate
+    fields = dict(optim.get("multiplier", {}))
+    accepted = [f.name for f in dataclasses.fields(SparsityController)]
+    unknown = sorted(set(fields) - set(accepted))
+    if unknown:
+        raise ValueError(f"config.optim.multiplier has unknown field(s) {unknown}; SparsityController's: {accepted}.")
+    try:
+        return update, SparsityController(**fields)
+    except ValueError as e:
+        raise ValueError(f"config.optim.multiplier: {e}") from None
 
 
 def method_fields(config: Any) -> dict[str, Any]:

@@ -30,7 +30,13 @@ from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity, prun
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointError
-from flaxprune.training.config import compaction_settings, learning_rate_schedule, sparsity_basis, validate
+from flaxprune.training.config import (
+    compaction_settings,
+    learning_rate_schedule,
+    multiplier_control,
+    sparsity_basis,
+    validate,
+)
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
 from flaxprune.training.preemption import Throughput, preemption_flag
@@ -151,12 +157,14 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
 
 
 def _optimizer(optim: Any, lr_fn: Callable, wrap_weights: Callable | None = None) -> Any:
-    """FLOP's combined optimizer: weights on the schedule (AGP's masks around them in an AGP run), gates and
-    multipliers at their own rates."""
+    """FLOP's combined optimizer: weights on the schedule (AGP's masks around them in an AGP run), gates at
+    their own rate, multipliers by ``optim.multiplier_update`` (PI control, or FLOP's Adam ascent)."""
+    update, setting = multiplier_control(optim)
     return flop_optimizer(
         lr_fn,
         optim.gate_learning_rate,
-        optim.lambda_learning_rate,
+        setting if update == "adam" else None,
+        multiplier_control=setting if update == "pi" else None,
         clip_norm=optim.clip_norm or None,
         weight_decay=optim.weight_decay,
         wrap_weights=wrap_weights,
@@ -435,7 +443,8 @@ def _train_in(
         done = step + 1
         bar.update(1)
         if _due(done, cfg.train.log_every, total):
-            _log_train(writer, bar, ckpts, state, metrics, done, meter.tick(done))
+            hard = {"hard_sparsity": run.hard_sparsity(state.params)} if run.prune else {}
+            _log_train(writer, bar, ckpts, state, {**metrics, **hard}, done, meter.tick(done))
         if _due(done, cfg.train.eval_every, total):
             ev = _evaluate(run, state, done)
             writer.write(done, "eval", ev)
