@@ -18,7 +18,8 @@ step whatever its scale:
 
     e_k    = t_k - s_k                                   (the shortfall; -d loss / d lambda_1)
     I_k    = clip(I_{k-1} + g_k * e_k, -max_log, max_log)     (g_k: integral_gain, or unwind_gain
-                                                            once e_k has turned against I_{k-1})
+                                                            once e_k has turned against I_{k-1}, and
+                                                            then stopping at 0)
     xi_k   = smoothing * xi_{k-1} + (1 - smoothing) * e_k
     u_k    = I_k + clip(proportional_gain * xi_k, -proportional_limit, proportional_limit)
     lambda_1 = -scale * sinh(u_k)
@@ -114,11 +115,19 @@ def control_output(integral: jax.Array, smoothed_error: jax.Array, settings: Spa
     return -settings.scale * jnp.sinh(integral + proportional)
 
 
-def integral_step(integral: jax.Array, error: jax.Array, settings: SparsityController) -> jax.Array:
-    """The integral's step: ``integral_gain * e`` while the error agrees with the integral's sign (or the
-    integral is 0), ``unwind_gain * e`` once the error has turned against it (the target was passed)."""
+def next_integral(integral: jax.Array, error: jax.Array, settings: SparsityController) -> jax.Array:
+    """The integral after one step.
+
+    While the error agrees with the integral's sign (or the integral is 0) it moves by
+    ``integral_gain * e``; once the error has turned against it (the target was passed) it unwinds by
+    ``unwind_gain * e`` but stops at 0: past the target the gates that closed stay closed at any small
+    multiplier, so holding the integral there would keep pushing, and crossing 0 at the unwinding rate
+    would push the other way just as long. Then clipped to ``+-max_log``.
+    """
     against = integral * error < 0
-    return jnp.where(against, settings.unwind_gain, settings.integral_gain) * error
+    moved = integral + jnp.where(against, settings.unwind_gain, settings.integral_gain) * error
+    moved = jnp.where(against & (moved * integral < 0), 0.0, moved)
+    return jnp.clip(moved, -settings.max_log, settings.max_log)
 
 
 def sparsity_controller(settings: SparsityController | None = None) -> optax.GradientTransformation:
@@ -157,8 +166,7 @@ def sparsity_controller(settings: SparsityController | None = None) -> optax.Gra
             )
         grad_1, lambda_1, lambda_2 = _multipliers(updates), _multipliers(params), _multipliers(params, "lambda_2")
         error = -jnp.asarray(grad_1, jnp.float32)
-        integral = jnp.clip(state.integral + integral_step(state.integral, error, settings), -settings.max_log,
-                            settings.max_log)
+        integral = next_integral(state.integral, error, settings)
         smoothed = settings.smoothing * state.smoothed_error + (1.0 - settings.smoothing) * error
         new_1 = control_output(integral, smoothed, settings)
         step = {"lambda_1": (new_1 - lambda_1).astype(jnp.result_type(lambda_1)), "lambda_2": -lambda_2}
