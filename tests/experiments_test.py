@@ -113,7 +113,8 @@ def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
         f"--checkpoint={folder}",
         f"--results={results}",
         "--tasks=sst2",
-        "--sst2-subset=24",
+        "--train-subset=24",
+        "--variants=dense,svd,flop",
         "--batch-size=4",
         "--epochs=1",
         f"--seq-len={MAX_POS}",
@@ -133,13 +134,32 @@ def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
     assert "| sst2_svd |" in table and f"top {rank} singular" in table
     assert "| sst2_flop |" in table and "| layer_1 |" in table and "--tasks=sst2" in table
     # Rerunning the command reuses the finished runs (not even finalized again) and rebuilds the table.
-    stamps = {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in glue_minilm.VARIANTS}
+    variants = ("dense", "svd", "flop")
+    stamps = {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in variants}
     assert glue_minilm.main(args) == 0
-    assert stamps == {
-        v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in glue_minilm.VARIANTS
-    }
+    assert stamps == {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in variants}
     again = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
     assert again["sst2_flop"]["dev"] == flop["dev"] and again["sst2_svd"]["kept_ranks"] == svd["kept_ranks"]
+
+
+def test_glue_script_refuses_bad_flags_in_one_line(tmp_path, capsys):
+    _import_from("experiments")
+    import glue_minilm
+
+    root, _ = write_tiny_glue(tmp_path)
+    base = [f"--workdir={tmp_path / 'runs'}", f"--data={root / 'glue'}"]
+    for flag, words in (
+        ("--variants=dense,prune", "--variants='dense,prune': unknown ['prune']"),
+        ("--tasks=mnli2", "task='mnli2' is not a GLUE task"),
+        ("--target=1.5", "--target=1.5 is out of range"),
+        ("--variants=flop_distill", "flop_distill needs the dense runs (teachers) of ['sst2']"),
+    ):
+        assert glue_minilm.main([*base, flag]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    assert glue_minilm.main([f"--workdir={tmp_path}", f"--data={tmp_path / 'nowhere'}"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 @pytest.mark.parametrize("target,rank,sparsity", [(0.5, 128, 0.5), (0.7, 76, 1 - 76 * 6912 / 1769472)])
