@@ -5,8 +5,9 @@
 Reads each run's ``metrics.jsonl`` (the ``train`` rows the loop writes every
 ``train.log_every`` steps); one column of two panels per run: sparsity
 (target, expected, hard) on top, ``lambda_1`` below on a symmetric log scale.
-Prints, per run, the final hard and expected sparsity, their distance to the
-target and the largest overshoot after the ramp (:func:`trajectory_summary`).
+Writes beside the PNG a ``.md`` table and a ``.json`` with, per run, the
+final hard and expected sparsity, their distance to the target and the
+largest overshoot after the ramp (:func:`trajectory_summary`).
 Headless (matplotlib's Agg backend).
 """
 
@@ -19,6 +20,7 @@ import sys
 from typing import Any
 
 import numpy as np
+from results_files import command_line, write_results  # experiments/, this script's folder
 
 __all__ = ["plot_trajectories", "read_trajectory", "trajectory_summary"]
 
@@ -77,7 +79,7 @@ def plot_trajectories(path: str | pathlib.Path, runs: dict[str, dict[str, np.nda
     import matplotlib.pyplot as plt
 
     n = len(runs)
-    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.6), dpi=110, sharex="col", squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(max(4.2 * n, 7.0), 5.6), dpi=110, sharex="col", squeeze=False)
     for col, (name, tr) in enumerate(runs.items()):
         top, bottom = axes[0, col], axes[1, col]
         top.plot(tr["step"], tr["target"], color="black", linestyle="--", linewidth=1, label="target")
@@ -132,7 +134,14 @@ def main(argv=None) -> int:
         print(f"sparsity_plots.py: {e}", file=sys.stderr)
         return 2
     plot_trajectories(args.out, runs, args.title)
-    print("\n".join(summary_lines({name: trajectory_summary(tr) for name, tr in runs.items()})))
+    summaries = {name: trajectory_summary(tr) for name, tr in runs.items()}
+    out = pathlib.Path(args.out)
+    command = command_line("sparsity_plots.py", argv)
+    lines = [f"# Sparsity trajectories{': ' + args.title if args.title else ''}", "", f"Made by `{command}`; "
+             f"the plot: `{out.name}`. Overshoot: the largest sparsity minus target after the ramp.", "",
+             *summary_lines(summaries)]
+    write_results(out.parent, out.stem, command, [{"run": k, **v} for k, v in summaries.items()], lines)
+    print("\n".join(lines))
     return 0
 
 
