@@ -58,7 +58,9 @@ def check_args(args) -> tuple[list[str], list[str]]:
     if "flop_distill" in variants and "dense" not in variants:
         missing = [t for t in tasks if not (pathlib.Path(args.workdir) / f"{t}_dense").is_dir()]
         if missing:
-            raise ValueError(f"--variants={args.variants!r}: flop_distill needs the dense runs (teachers) of {missing}.")
+            raise ValueError(
+                f"--variants={args.variants!r}: flop_distill needs the dense runs (teachers) of {missing}."
+            )
     for flag, value, ok in (
         ("--epochs", args.epochs, args.epochs > 0),
         ("--evals", args.evals, args.evals >= 1),
@@ -259,7 +261,8 @@ def main(argv=None) -> int:
         reduced = ", ".join(f"{k[14:]} {v:.4f}" for k, v in r["dev_reduced"].items()) or "-"
         sparsity = "-" if r["hard_sparsity"] is None else f"{r['hard_sparsity']:.3f}"
         ratio, speedup, flop_ratio = (
-            "-" if r[k] is None else f"x{r[k]:.2f}" for k in ("encoder_ratio", "speedup_vs_dense", "flop_ratio_vs_dense")
+            "-" if r[k] is None else f"x{r[k]:.2f}"
+            for k in ("encoder_ratio", "speedup_vs_dense", "flop_ratio_vs_dense")
         )
         lines.append(
             f"| {r['run']} | {dev} | {reduced} | {sparsity} | {r['encoder_params']:,} ({ratio}) | "

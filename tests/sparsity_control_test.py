@@ -66,7 +66,8 @@ def test_adam_ascent_stays_selectable():
     tx = fp.flop_optimizer(1e-2, 1e-2, 0.1)  # FLOP's update: Adam ascent at the rate
     lambdas = fp.init_multipliers()
     trainable = {"params": {"w": jnp.ones(2)}, "lagrangian": lambdas}
-    grads = {"params": {"w": jnp.zeros(2)}, "lagrangian": {"lambda_1": jnp.asarray(-0.3), "lambda_2": jnp.asarray(0.09)}}
+    lagrangian = {"lambda_1": jnp.asarray(-0.3), "lambda_2": jnp.asarray(0.09)}
+    grads = {"params": {"w": jnp.zeros(2)}, "lagrangian": lagrangian}
     updates, _ = tx.update(grads, tx.init(trainable), trainable)
     np.testing.assert_allclose(updates["lagrangian"]["lambda_1"], -0.1, rtol=1e-4)  # first Adam step: -rate * sign
     np.testing.assert_allclose(updates["lagrangian"]["lambda_2"], 0.1, rtol=1e-4)

@@ -20,7 +20,8 @@ def test_summary_of_a_hand_made_trajectory(tmp_path):
         {"step": 10, "kind": "train", "target": 0.25, "expected_sparsity": 0.2, "hard_sparsity": 0.2, "lambda_1": -1.0},
         {"step": 20, "kind": "train", "target": 0.5, "expected_sparsity": 0.53, "hard_sparsity": 0.54, "lambda_1": -3},
         {"step": 20, "kind": "eval", "valid_bpc": 2.0},
-        {"step": 30, "kind": "train", "target": 0.5, "expected_sparsity": 0.51, "hard_sparsity": 0.505, "lambda_1": 0.5},
+        {"step": 30, "kind": "train", "target": 0.5, "expected_sparsity": 0.51, "hard_sparsity": 0.505,
+         "lambda_1": 0.5},
     ]
     _write_metrics(tmp_path / "run", rows)
     s = sparsity_plots.trajectory_summary(sparsity_plots.read_trajectory(tmp_path / "run"))
