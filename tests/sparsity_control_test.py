@@ -2,8 +2,9 @@
 reaching targets 0.3, 0.5 and 0.9 on a factorized toy within 0.01, never more than 0.02 past them."""
 
 import math
+import pathlib
+import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,6 @@ import optax
 import pytest
 
 import flaxprune as fp
-from flaxprune.size import expected_sparsity, hard_sparsity
 from flaxprune.training.config import multiplier_control
 
 SETTINGS = fp.SparsityController(
@@ -34,12 +34,16 @@ def _steps(errors, settings=SETTINGS, lambda_2=0.0):
 
 
 def test_steps_against_hand_computed_values():
-    got = _steps([0.1, -0.2, 0.5, 1.0], lambda_2=0.7)
+    got = _steps([0.1, -0.2, 0.5, 1.0, 1.0, -0.1], lambda_2=0.7)
     # 1: I = 0.5 * 0.1 = 0.05; xi = 0.5 * 0.1 = 0.05; u = 0.05 + 10 * 0.05 = 0.55
-    # 2: e < 0 against I > 0, unwind: I = 0.05 - 2 * 0.2 = -0.35; xi = 0.025 - 0.1 = -0.075; u = -0.35 - 0.75
-    # 3: e > 0 against I < 0, unwind: I = -0.35 + 2 * 0.5 = 0.65; xi = -0.0375 + 0.25 = 0.2125; u = 0.65 + 2.125
-    # 4: I = 0.65 + 0.5 * 1.0 = 1.15, clipped to max_log 1; xi = 0.10625 + 0.5 = 0.60625, 10 xi clipped to 3; u = 4
-    want_u, want_i = [0.55, -1.1, 2.775, 4.0], [0.05, -0.35, 0.65, 1.0]
+    # 2: e < 0 against I > 0, unwinds: 0.05 - 2 * 0.2 = -0.35 would cross 0, so I = 0; xi = 0.025 - 0.1 = -0.075;
+    #    u = 0 - 0.75
+    # 3: I = 0 (no sign to be against): I = 0.5 * 0.5 = 0.25; xi = -0.0375 + 0.25 = 0.2125; u = 0.25 + 2.125
+    # 4: I = 0.25 + 0.5 = 0.75; xi = 0.10625 + 0.5 = 0.60625, 10 xi clipped to 3; u = 3.75
+    # 5: I = 0.75 + 0.5 = 1.25, clipped to max_log 1; xi = 0.303125 + 0.5 = 0.803125, P clipped to 3; u = 4
+    # 6: e < 0 against I > 0, unwinds without crossing: I = 1 - 2 * 0.1 = 0.8; xi = 0.4015625 - 0.05, P clipped to
+    #    3; u = 3.8
+    want_u, want_i = [0.55, -0.75, 2.375, 3.75, 4.0, 3.8], [0.05, 0.0, 0.25, 0.75, 1.0, 0.8]
     for (lambda_1, lambda_2, integral), u, i in zip(got, want_u, want_i):
         np.testing.assert_allclose(lambda_1, -2.0 * math.sinh(u), rtol=1e-6)
         np.testing.assert_allclose(integral, i, rtol=1e-6, atol=1e-7)
@@ -114,44 +118,18 @@ def test_config_picks_the_update():
         multiplier_control(ml_collections.ConfigDict({"multiplier_update": "pi", "multiplier": {"scale": -1}}))
 
 
-# The toy: y = x @ W, W with a decaying spectrum, fitted by a gated full-rank FactorizedDense; targets on the
-# 'factors' basis, each component 1/N of the prunable weights. Same settings for every target.
-N, BATCH, STEPS, WARMUP = 128, 256, 1500, 500
-PLAN = fp.Plan()
-
-
-class _Toy(nn.Module):
-    @nn.compact
-    def __call__(self, x, deterministic):
-        return fp.FactorizedDense(N, rank=N, use_bias=False, plan=PLAN, name="W")(x, deterministic)
+# The toy of experiments/multiplier_toy.py: y = x @ W, W with a decaying spectrum, fitted by a gated full-rank
+# FactorizedDense; targets on the 'factors' basis, each component 1/128 of the prunable weights. The controller
+# at its defaults (lambda_lr None), the same settings for every target.
+STEPS, WARMUP = 1500, 500
 
 
 def _toy_run(target):
-    keys = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(keys[0], (BATCH, N))
-    u, _ = jnp.linalg.qr(jax.random.normal(keys[1], (N, N)))
-    v, _ = jnp.linalg.qr(jax.random.normal(keys[2], (N, N)))
-    y = x @ ((u * jnp.exp(-jnp.arange(N) / 24.0)) @ v.T)
-    model = _Toy()
-    trainable = {"params": model.init(jax.random.key(1), x, True)["params"], "lagrangian": fp.init_multipliers()}
-    tx = fp.flop_optimizer(1e-2, 1e-1)  # multipliers: the controller at its defaults
-    target_fn = fp.target_schedule(target, WARMUP)
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+    import multiplier_toy
 
-    def loss_fn(tr, i):
-        out = model.apply({"params": tr["params"]}, x, False, rngs={"gates": jax.random.fold_in(keys[3], i)})
-        s = expected_sparsity(tr["params"], PLAN.gate)
-        return jnp.mean((out - y) ** 2) + fp.penalty(s, target_fn(i), tr["lagrangian"])
-
-    def step(carry, i):
-        tr, opt_state = carry
-        updates, opt_state = tx.update(jax.grad(loss_fn)(tr, i), opt_state, tr)
-        tr = optax.apply_updates(tr, updates)
-        return (tr, opt_state), (expected_sparsity(tr["params"], PLAN.gate), hard_sparsity(tr["params"], PLAN.gate))
-
-    (trainable, _), (expected, hard) = jax.jit(lambda t, o: jax.lax.scan(step, (t, o), jnp.arange(STEPS)))(
-        trainable, tx.init(trainable)
-    )
-    return np.asarray(expected), np.asarray(hard)
+    trajectory = multiplier_toy.run(target, 1.0, None, STEPS, WARMUP)
+    return trajectory["expected_sparsity"], trajectory["hard_sparsity"]
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.9])

@@ -91,9 +91,10 @@ def validate(config: Any) -> None:
     _positive_int("train", "num_devices", t.num_devices, minimum=0)
     if o.schedule not in SCHEDULES:
         raise ValueError(f"config.optim.schedule={o.schedule!r} is not a schedule; accepted: {list(SCHEDULES)}.")
-    for name in ("learning_rate", "gate_learning_rate", "lambda_learning_rate"):
-        if name in o or name != "lambda_learning_rate":
-            _finite_number("optim", name, o[name], 0, strict=True)
+    for name in ("learning_rate", "gate_learning_rate"):
+        _finite_number("optim", name, o[name], 0, strict=True)
+    if "lambda_learning_rate" in o:  # used by 'adam' only, which multiplier_control requires it for
+        _finite_number("optim", "lambda_learning_rate", o.lambda_learning_rate, 0, strict=True)
     multiplier_control(o)
     _positive_int("optim", "warmup_steps", o.warmup_steps, minimum=0)
     if "clip_norm" in o:
