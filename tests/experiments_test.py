@@ -176,25 +176,27 @@ def test_equal_size_rank_hand_computed(tmp_path, target, rank, sparsity):
     assert got_rank == rank and got_sparsity == pytest.approx(sparsity)
 
 
-def test_per_task_flags_and_the_config_they_give():
+def test_every_task_gets_the_same_defaults_and_a_length_from_its_size(tmp_path):
     _import_from("experiments")
     import glue_minilm
 
-    flags = argparse.Namespace(epochs="3", lambda_lr="mrpc=0.01,stsb=0.03", gate_lr=None)
-    assert glue_minilm.per_task("stsb", flags, "epochs") == 3.0
-    assert glue_minilm.per_task("stsb", flags, "lambda_lr") == 0.03
-    assert glue_minilm.per_task("stsb", flags, "gate_lr") is None
-    with pytest.raises(ValueError, match=r"--lambda-lr='mrpc=0.01' names no value for task 'stsb'"):
-        glue_minilm.per_task("stsb", argparse.Namespace(lambda_lr="mrpc=0.01"), "lambda_lr")
-    with pytest.raises(ValueError, match=r"--epochs='x=': expected a number"):
-        glue_minilm.per_task("stsb", argparse.Namespace(epochs="x="), "epochs")
     args = argparse.Namespace(
-        data="d", tfds_dir="", checkpoint="", batch_size=32, sst2_subset=0, epochs="mrpc=3,stsb=2", seq_len=64,
-        gate_lr=None, lambda_lr="mrpc=0.01,stsb=0.03", target=0.5,
+        data="d", tfds_dir="", checkpoint="", batch_size=32, train_subset=10000, epochs=2.0, evals=4, seq_len=64,
+        target=0.5, workdir=str(tmp_path), hidden_weight=1.0,
     )
-    c = glue_minilm.config_for("stsb", "flop", args)
-    assert c.optim.lambda_learning_rate == 0.03 and c.train.steps == 360  # ceil(2 * 5749 / 32)
-    assert c.optim.gate_learning_rate == 0.1 and c.prune.target_warmup == 180
+    stsb, rte = glue_minilm.config_for("stsb", "flop", args, 5749), glue_minilm.config_for("rte", "flop", args, 2490)
+    assert stsb.train.steps == 360 and stsb.prune.target_warmup == 180  # ceil(2 * 5749 / 32)
+    assert rte.train.steps == 156 and rte.train.eval_every == 39
+    for name in ("gate_learning_rate", "multiplier_update", "multiplier"):  # no per-task rate anywhere
+        assert stsb.optim[name] == rte.optim[name]
+    assert stsb.optim.multiplier_update == "pi" and stsb.data.train_subset == 0
+    sst2 = glue_minilm.config_for("sst2", "dense", args, 67349)
+    assert sst2.data.train_subset == 10000 and sst2.train.steps == 625 and not sst2.prune.enabled
+    svd = glue_minilm.config_for("mrpc", "svd", args, 3667, svd_rank=128)
+    assert svd.model.factorized and svd.model.rank == 128 and not svd.prune.enabled
+    distill = glue_minilm.config_for("mrpc", "flop_distill", args, 3667)
+    assert distill.prune.enabled and distill.distill.teacher == str(tmp_path.resolve() / "mrpc_dense")
+    assert distill.distill.hidden_weight == 1.0 and stsb.distill.teacher == ""
 
 
 @pytest.mark.e2e
