@@ -129,6 +129,7 @@ def validate(config: Any) -> None:
     if p.enabled and "gate" in p:
         _check_gate(p.gate)
     _check_method(config)
+    importlib.import_module("flaxprune.training.distill").check_distill(config)  # config.distill (GLUE runs)
 
 
 METHOD_MODELS = ("sru",)  # the models whose pruned matrices every method can build (flaxprune.methods)
