@@ -249,10 +249,15 @@ class BertLayers(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask_bias: jax.Array, deterministic: bool, return_hidden_states: bool = False
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, ...]]:
+        """The last layer's output, and with ``return_hidden_states`` every layer's (``[batch, time, hidden]`` each)."""
+        states = []
         for i in range(self.config.num_layers):
             x = BertLayer(self.config, name=f"layer_{i}")(x, mask_bias, deterministic)
-        return x
+            states.append(x)
+        return (x, tuple(states)) if return_hidden_states else x
 
 
 class BertEncoder(nn.Module):
@@ -273,7 +278,8 @@ class BertEncoder(nn.Module):
         token_type_ids: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> tuple[jax.Array, jax.Array]:
+        return_hidden_states: bool = False,
+    ) -> tuple[jax.Array, ...]:
         """Encodes a batch of token sequences.
 
         Args:
@@ -282,10 +288,15 @@ class BertEncoder(nn.Module):
           attention_mask: ``[batch, time]``, 1 (or True) for real tokens and 0
             for padding (None: all real). Padded keys get no attention.
           deterministic: eval mode: no dropout and the gates' evaluation mask.
+          return_hidden_states: also return the output of every encoder layer
+            (for distillation); the params and the other outputs are the same.
 
         Returns:
           ``(last_hidden, pooled)``: ``[batch, time, hidden]`` and
-          ``[batch, hidden]`` (``tanh(W h_[CLS] + b)``).
+          ``[batch, hidden]`` (``tanh(W h_[CLS] + b)``); with
+          ``return_hidden_states``, ``(last_hidden, pooled, hidden_states)``
+          where ``hidden_states`` is a tuple of ``num_layers`` arrays
+          ``[batch, time, hidden]``, layer 0 first (the last is ``last_hidden``).
 
         Raises:
           ValueError: if the inputs are not ``[batch, time]`` alike, or longer
@@ -297,7 +308,8 @@ class BertEncoder(nn.Module):
         mask_bias = (1.0 - attention_mask.astype(jnp.float32)) * jnp.finfo(jnp.float32).min
         mask_bias = mask_bias[:, None, None, :]  # [batch, 1, 1, time]: broadcast over heads and queries
         x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-        x = BertLayers(cfg, name="encoder")(x, mask_bias, deterministic)  # [batch, time, hidden]
+        encoded = BertLayers(cfg, name="encoder")(x, mask_bias, deterministic, return_hidden_states)
+        x, states = encoded if return_hidden_states else (encoded, None)  # x: [batch, time, hidden]
         pooled = nn.Dense(
             cfg.hidden_size,
             kernel_init=nn.initializers.normal(INIT_STD),
@@ -305,6 +317,8 @@ class BertEncoder(nn.Module):
             param_dtype=cfg.param_dtype,
             name="pooler",
         )(x[:, 0])
+        if return_hidden_states:
+            return x, jnp.tanh(pooled), states
         return x, jnp.tanh(pooled)
 
 
@@ -338,14 +352,20 @@ class BertClassifier(nn.Module):
         token_type_ids: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> jax.Array:
+        return_hidden_states: bool = False,
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, ...]]:
         """Classifies a batch of sequences; arguments as :meth:`BertEncoder.__call__`.
 
         Returns:
-          ``[batch, num_labels]`` float32 logits.
+          ``[batch, num_labels]`` float32 logits; with ``return_hidden_states``,
+          ``(logits, hidden_states)``, the encoder layers' outputs as
+          :meth:`BertEncoder.__call__` returns them.
         """
         cfg = self.config
-        _, pooled = BertEncoder(cfg, name="bert")(input_ids, token_type_ids, attention_mask, deterministic)
+        encoded = BertEncoder(cfg, name="bert")(
+            input_ids, token_type_ids, attention_mask, deterministic, return_hidden_states
+        )
+        pooled = encoded[1]
         pooled = nn.Dropout(cfg.dropout)(pooled, deterministic=deterministic)
         logits = nn.Dense(
             cfg.num_labels,
@@ -354,4 +374,6 @@ class BertClassifier(nn.Module):
             param_dtype=cfg.param_dtype,
             name="classifier",
         )(pooled)
+        if return_hidden_states:
+            return logits.astype(jnp.float32), encoded[2]
         return logits.astype(jnp.float32)

@@ -15,6 +15,7 @@ from flaxprune.lagrangian import noam_schedule
 from flaxprune.methods import AGP_METHODS, METHODS
 from flaxprune.plan import Plan
 from flaxprune.size import BASES
+from flaxprune.training.distill import check_distill
 from flaxprune.sparsity_control import SparsityController
 
 __all__ = [
@@ -130,6 +131,7 @@ def validate(config: Any) -> None:
     if p.enabled and "gate" in p:
         _check_gate(p.gate)
     _check_method(config)
+    check_distill(config)  # config.distill (GLUE runs)
 
 
 METHOD_MODELS = ("sru",)  # the models whose pruned matrices every method can build (flaxprune.methods)

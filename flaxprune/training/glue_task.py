@@ -6,6 +6,8 @@ from exactly the pretrained function, and the Lagrangian prunes them toward a
 target while the model is fine-tuned. Batches are shuffled examples
 (resumable); the score is the task's GLUE metric on the dev split. GLUE's test
 labels are not public, so ``evaluate(params, 'test')`` returns nothing.
+With a :class:`~flaxprune.training.distill.Distillation` (``with_distillation``)
+the loss also takes a teacher's params and distils from it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class GlueTask:
     seed: int
     score_name: str = ""
     higher_is_better: bool = True
+    distill: Any = None  # a flaxprune.training.distill.Distillation: loss() then takes the teacher's params
 
     def __post_init__(self):
         self.score_name = f"valid_{primary_metric(self.task_name)}"
@@ -90,16 +93,46 @@ class GlueTask:
     def batch_spec(self) -> dict[str, bool]:
         return {k: True for k in (*INPUT_KEYS, "label")}
 
-    def loss(self, params: Any, batch: dict, carry: Any, rngs: dict) -> tuple[jax.Array, tuple[dict, Any]]:
-        logits = self.model.apply(
-            {"params": params}, *(batch[k] for k in INPUT_KEYS), deterministic=False, rngs=rngs
-        )  # [batch, num_labels]
+    def loss(
+        self, params: Any, batch: dict, carry: Any, rngs: dict, teacher_params: Any = None
+    ) -> tuple[jax.Array, tuple[dict, Any]]:
+        """The task loss in training mode; with ``teacher_params``, the distillation objective of ``self.distill``.
+
+        The teacher runs in eval mode and no gradient flows through it; the
+        metrics then add the objective's parts (``task_loss``, ``distill_loss``
+        and, with the hidden term, ``hidden_loss``).
+        """
+        distill = None if teacher_params is None else self._distillation()
+        hidden = distill is not None and distill.hidden  # per-layer states only for the hidden term
+        logits, states = _outputs(self.model, params, batch, False, rngs, hidden)  # [batch, num_labels]
+        loss, metrics = self._task_loss(logits, batch["label"])
+        if distill is None:
+            return loss, (metrics, carry)
+        teacher = jax.lax.stop_gradient(_outputs(distill.teacher_model, teacher_params, batch, True, None, hidden))
+        loss, parts = distill.objective(
+            loss, (logits, states), teacher, batch["attention_mask"], batch.get(WEIGHT_KEY), self.regression
+        )
+        return loss, ({**metrics, **parts}, carry)
+
+    def _task_loss(self, logits: jax.Array, label: jax.Array) -> tuple[jax.Array, dict]:
         if self.regression:
-            loss = jnp.mean(jnp.square(logits[:, 0] - batch["label"]))
-            return loss, ({"mse": loss}, carry)
-        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return loss, ({"accuracy": accuracy}, carry)
+            loss = jnp.mean(jnp.square(logits[:, 0] - label))
+            return loss, {"mse": loss}
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, label))
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == label)
+        return loss, {"accuracy": accuracy}
+
+    def _distillation(self) -> Any:
+        if self.distill is None:
+            raise ValueError(
+                "GlueTask.loss got teacher_params but the task has no distillation; build it with "
+                "task.with_distillation(flaxprune.training.distill.Distillation(...)) first."
+            )
+        return self.distill
+
+    def with_distillation(self, distill: Any) -> "GlueTask":
+        """The same task distilling by ``distill`` (a :class:`~flaxprune.training.distill.Distillation`)."""
+        return dataclasses.replace(self, distill=distill)
 
     def evaluate(self, params: Any, split: str) -> dict[str, float]:
         if split != "valid":
@@ -128,6 +161,18 @@ class GlueTask:
 
     def with_model(self, model: Any, model_config: Any) -> "GlueTask":
         return dataclasses.replace(self, model=model, model_config=model_config)
+
+
+def _outputs(model: Any, params: Any, batch: dict, deterministic: bool, rngs: dict | None, hidden: bool) -> tuple:
+    """``(logits, hidden_states)`` of ``model`` on ``batch`` (the states None unless ``hidden``)."""
+    out = model.apply(
+        {"params": params},
+        *(batch[k] for k in INPUT_KEYS),
+        deterministic=deterministic,
+        rngs=rngs,
+        return_hidden_states=hidden,
+    )
+    return out if hidden else (out, None)
 
 
 def _encode(tokenizer: WordPieceTokenizer, split: tuple, max_length: int) -> dict[str, np.ndarray]:

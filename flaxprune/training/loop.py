@@ -37,6 +37,7 @@ from flaxprune.training.config import (
     sparsity_basis,
     validate,
 )
+from flaxprune.training.distill import check_teacher_record, prepare_distillation, teacher_meta
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
 from flaxprune.training.preemption import Throughput, preemption_flag
@@ -84,6 +85,7 @@ class Run:
     config_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)  # accepted on a resume
     prunable: int | None = None  # the model's prunable count at its full shapes: what every sparsity divides by
     full_task: Any = None  # the task around the model at its full shapes (``task`` is compacted from it)
+    teacher: Any = None  # a distilling run's flaxprune.training.distill.Teacher (its params: the step's argument)
 
     @property
     def prune(self) -> bool:
@@ -141,10 +143,12 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
     sharding.check_divisible("config.train.batch_size", config.train.batch_size, mesh)
     sharding.check_divisible("config.train.eval_batch_size", config.train.eval_batch_size, mesh)
     task = build_task(config, mesh)
+    task, teacher = prepare_distillation(config, workdir, task, mesh)  # (task, None) without config.distill.teacher
     model_json = config_to_json(task.model_config)
     changes = {}
     if check_existing_checkpoint(RunFiles(workdir).checkpoints, config, task.model_config):
         changes = check_config_change(workdir, config, allow_config_change)
+        check_teacher_record(RunFiles(workdir).checkpoints, teacher, config.train.keep_checkpoints)
     lr_fn = learning_rate_schedule(config.optim, config.train.steps)
     tx = _optimizer(config.optim, lr_fn, agp_wrapper(config, task.model_config))
     target_fn = _target_fn(config, task)
@@ -153,7 +157,7 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
         prunable = prunable_params(jax.eval_shape(task.init_params, jax.random.key(0)), sparsity_basis(config))
     elif uses_agp(config):
         prunable = reference_measure(task.model_config)[1]
-    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes, prunable, task)
+    return Run(config, workdir, task, mesh, tx, lr_fn, target_fn, model_json, changes, prunable, task, teacher)
 
 
 def _optimizer(optim: Any, lr_fn: Callable, wrap_weights: Callable | None = None) -> Any:
@@ -194,6 +198,7 @@ class _Checkpoints:
         self.latest = CheckpointStore(files.checkpoints, run.config.train.keep_checkpoints)
         self.best = CheckpointStore(files.best, 1)
         self._model_json, self._batcher = run.model_json, batcher
+        self._teacher = teacher_meta(run.teacher)  # a distilling run's teacher, checked on a resume
         self.train_model_json = config_to_json(run.model_config)  # the compacted model's, once compacted
         self.best_score = float("-inf")  # kept as "higher is better"
 
@@ -202,6 +207,7 @@ class _Checkpoints:
         if not bool(state.finite):
             raise self.non_finite(int(state.step), "nothing was saved, and ")
         meta = {"model_config": self._model_json, "data": self._batcher.state(), "best_score": self.best_score}
+        meta.update(self._teacher)
         meta[TRAIN_MODEL_KEY] = self.train_model_json
         store.save(int(state.step), state, meta)
 
@@ -284,7 +290,12 @@ def _compile_step(run: Run, state_sh: TrainState) -> tuple[Callable, Callable[[d
     repl = sharding.replicated(run.mesh)
     spec = run.task.batch_spec()
     batch_sh = {k: sharding.batch_sharding(run.mesh) if split else repl for k, split in spec.items()}
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+    teacher = () if run.teacher is None else (run.teacher.params,)  # a distilling step's argument, not its constants
+    in_sh = (state_sh, batch_sh, *(jax.tree.map(lambda _: repl, t) for t in teacher))  # the teacher replicated
+    jitted = jax.jit(step_fn, in_shardings=in_sh, out_shardings=(state_sh, repl), donate_argnums=0)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return jitted(state, batch, *teacher)
 
     def to_device(host: dict) -> dict:
         return {k: sharding.put_batch(v, run.mesh) if spec[k] else np.asarray(v) for k, v in host.items()}

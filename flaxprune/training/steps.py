@@ -4,7 +4,9 @@ Loss = task loss + ``lambda_1 (s - t) + lambda_2 (s - t)^2`` (Wang et al.,
 2020, Eq. 6), minimised over weights and gates and maximised over the
 multipliers by one combined optimizer. Randomness is explicit: the step's key
 is ``fold_in(root, step)``, split into the ``dropout`` and ``gates`` streams,
-so a resumed run draws exactly what an uninterrupted one would.
+so a resumed run draws exactly what an uninterrupted one would. A distilling
+run (:mod:`flaxprune.training.distill`) passes the teacher's params as the
+step's third argument: the task loss is then the distillation objective.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ def make_train_step(
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
     reference: int | None = None,
     measure: Callable[[Any], jax.Array] | None = None,
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds ``train_step(state, batch, teacher_params=None) -> (state, metrics)`` (not yet jitted).
+
+    With ``teacher_params`` (a distilling GLUE task's teacher, an argument of
+    the step rather than constants of its program) the task's loss gets them
+    and distils; ``loss`` is then the distillation objective, and the task
+    reports its parts.
 
     Args:
-      task: supplies ``loss(params, batch, carry, rngs)``.
+      task: supplies ``loss(params, batch, carry, rngs)`` (and ``teacher_params`` after them, to distil).
       tx: the combined optimizer (``flop_optimizer``).
       prune: add the Lagrangian penalty (False: plain training).
       target_fn: step -> target sparsity.
@@ -53,8 +60,9 @@ def make_train_step(
         scheduled sparsity); None reports 0.
     """
 
-    def loss_fn(trainable, carry, batch, rngs, step):
-        loss, (metrics, new_carry) = task.loss(trainable["params"], batch, carry, rngs)
+    def loss_fn(trainable, carry, batch, rngs, step, teacher_params):
+        teacher = () if teacher_params is None else (teacher_params,)
+        loss, (metrics, new_carry) = task.loss(trainable["params"], batch, carry, rngs, *teacher)
         if not prune:
             zero = jnp.zeros((), jnp.float32)
             if measure is not None:
@@ -65,11 +73,11 @@ def make_train_step(
         t = target_fn(step)
         return loss + penalty(s, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any = None):
         dropout_key, gates_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
         rngs = {"dropout": dropout_key, "gates": gates_key}
         grads, (loss, task_metrics, new_carry, s, t) = jax.grad(loss_fn, has_aux=True)(
-            state.trainable, state.carry, batch, rngs, state.step
+            state.trainable, state.carry, batch, rngs, state.step, teacher_params
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
