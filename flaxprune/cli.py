@@ -1,4 +1,4 @@
-"""The ``flaxprune`` console command: ``train``, ``eval``, ``shrink``, ``report``, ``export`` and ``bench``.
+"""The ``flaxprune`` console command: ``train``, ``eval``, ``shrink``, ``report``, ``export``, ``plot`` and ``bench``.
 
 Each command is described once, in ``COMMANDS`` (name, summary, function,
 flags, examples); dispatch, ``flaxprune --help`` and ``flaxprune <command>
@@ -151,6 +151,14 @@ def export_main() -> None:
           f"platforms {', '.join(manifest['platforms'])}")
 
 
+def plot_main() -> None:
+    """``flaxprune plot``: the run's PNGs beside its metrics.jsonl (during a run too)."""
+    from flaxprune.training.run_plots import plot_run
+
+    for path in plot_run(_WORKDIR.value):
+        print(f"wrote {path}")
+
+
 def bench_main() -> None:
     """``flaxprune bench`` / ``experiments/bench.py``: the speed suite; writes its results files, prints the summary."""
     from flaxprune import benchmark, benchmark_report
@@ -196,6 +204,13 @@ run directory), not both. --output receives model.jaxexport (the eval-mode forwa
 TPU, batch and sequence length symbolic where the model allows), weights.npz and manifest.json; it must be new
 or empty, or an earlier export with --overwrite. Loading it needs only jax, numpy and flatbuffers: see the
 README or flaxprune/export.py for the ten lines."""
+
+_PLOT_NOTES = """\
+Writes into --workdir, beside metrics.jsonl: plot_training.png (training loss and metric, the evaluations'
+valid_* scores), plot_sparsity.png for a pruning run (target, expected and hard sparsity, lambda_1 and lambda_2
+over steps) and plot_ranks.png for a run with gates (kept rank / starting rank per layer and projection, read
+from its best checkpoint, else its newest). Works during a run; every finished run writes them itself. Only
+these three files are written (and replaced); headless (matplotlib Agg)."""
 
 _BENCH_NOTES = """\
 Times, for the SRU LM, Transformer-XL and the BERT classifier, the model shrink returns at each --levels
@@ -277,6 +292,14 @@ COMMANDS: dict[str, Command] = {
                 "flaxprune export --workdir=/tmp/run --output=/tmp/run_export",
                 "flaxprune export --checkpoint=/tmp/run_small --output=/tmp/run_export --overwrite",
             ),
+        ),
+        Command(
+            name="plot",
+            summary="Draw a run's curves, sparsity against the target, multipliers and kept ranks as PNGs.",
+            run=plot_main,
+            args=(Arg(_WORKDIR, "DIR", required=True), *COMMON_ARGS),
+            notes=_PLOT_NOTES,
+            examples=("flaxprune plot --workdir=/tmp/run",),
         ),
         Command(
             name="bench",

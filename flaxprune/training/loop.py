@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
 from flaxprune.serialization import config_to_json
-from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity, prunable_params
+from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity, prunable_params, report
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointError
@@ -49,6 +49,7 @@ from flaxprune.training.prune_method import (
     uses_lagrangian,
 )
 from flaxprune.training.run_dir import RunFiles, RunLock, format_changes, record_config_change
+from flaxprune.training.run_plots import plot_run
 from flaxprune.training.state import TrainState, initial_state_fn
 from flaxprune.training.state_compaction import (
     TRAIN_MODEL_KEY,
@@ -454,8 +455,7 @@ def _train_in(
         done = step + 1
         bar.update(1)
         if _due(done, cfg.train.log_every, total):
-            hard = {"hard_sparsity": run.hard_sparsity(state.params)} if run.prune else {}
-            _log_train(writer, bar, ckpts, state, {**metrics, **hard}, done, meter.tick(done))
+            _log_train(writer, bar, ckpts, state, metrics, done, meter.tick(done))
         if _due(done, cfg.train.eval_every, total):
             ev = _evaluate(run, state, done)
             writer.write(done, "eval", ev)
@@ -491,4 +491,16 @@ def _train_in(
     summary.update(status="done", step=int(state.step), final_params_from=source, train_sequences_per_s=meter.rate)
     if jax.process_index() == 0:
         files.summary.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        _write_plots(run, final_task, final_params, log)
     return summary
+
+
+def _write_plots(run: Run, task: Any, params: Any, log: Callable) -> None:
+    """The run's PNGs (:mod:`flaxprune.training.run_plots`); failing to draw never fails a finished run."""
+    try:
+        rows = report(jax.device_get(params), task.model_config) if run.gated else []
+        written = plot_run(run.workdir, rows)
+    except (OSError, ValueError, RuntimeError) as e:
+        log(f"plots not written: {e}")
+        return
+    log(f"plots: {', '.join(p.name for p in written)} in {run.workdir}")

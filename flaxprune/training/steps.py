@@ -20,7 +20,7 @@ import optax
 
 from flaxprune.gates import GateConfig
 from flaxprune.lagrangian import penalty
-from flaxprune.size import expected_sparsity
+from flaxprune.size import expected_sparsity, hard_sparsity
 from flaxprune.training.state import TrainState
 
 __all__ = ["make_train_step"]
@@ -58,6 +58,11 @@ def make_train_step(
       measure: for a run without the penalty (AGP), ``params -> sparsity``
         reported as the step's ``expected_sparsity`` (and ``target_fn`` its
         scheduled sparsity); None reports 0.
+
+    The metrics: ``loss``, the task's own, ``expected_sparsity``, ``target``,
+    ``lambda_1``, ``lambda_2``, ``grad_norm``, ``learning_rate`` (with a
+    schedule) and, for a pruning run, ``hard_sparsity`` of the updated params
+    (the gates' eval masks, or AGP's zeros by ``measure``).
     """
 
     def loss_fn(trainable, carry, batch, rngs, step, teacher_params):
@@ -90,6 +95,10 @@ def make_train_step(
             "lambda_2": trainable["lagrangian"]["lambda_2"],
             "grad_norm": optax.tree.norm(grads["params"]),
         }
+        if prune:  # what surgery of the updated params would deliver (the eval masks), traced with the step
+            metrics["hard_sparsity"] = hard_sparsity(trainable["params"], gate, basis, reference=reference)
+        elif measure is not None:  # AGP: the zeros of the updated weights
+            metrics["hard_sparsity"] = measure(trainable["params"])
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
         new_state = state.replace(

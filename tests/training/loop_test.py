@@ -31,6 +31,8 @@ def test_run_finishes_and_reduced_model_matches(finished):
     assert summary["reduced_test_bpc"] == pytest.approx(summary["test_bpc"], abs=1e-4)
     for name in ("metrics.jsonl", "config.json", "summary.json"):
         assert (workdir / name).is_file()
+    for name in ("plot_training.png", "plot_sparsity.png", "plot_ranks.png"):  # every run draws its own at the end
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     kinds = {line.split('"kind": "')[1].split('"')[0] for line in (workdir / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"train", "eval"}
     reloaded = runs.evaluate_run(workdir, "test", reduced=True)
@@ -146,3 +148,20 @@ def test_spectral_gate_start_needs_a_warm_start(tmp_path, data_dir):
     cfg = tiny_lm_config(**{"data.data_dir": data_dir, "prune.gate_init": "spectral"})
     with pytest.raises(ValueError, match=r"gate_init='spectral' .* needs a warm start"):
         loop.train(cfg, tmp_path / "run", log=lambda _: None, progress=False)
+
+
+def test_the_step_reports_the_hard_sparsity_of_its_updated_params(tmp_path, data_dir):
+    """Traced with the step (no host work at log steps): the eval masks' sparsity of the params it returns."""
+    from flaxprune.size import hard_sparsity
+    from flaxprune.training.state import initial_state_fn
+
+    cfg = tiny_lm_config(**{"data.data_dir": data_dir})
+    run = loop.prepare(cfg, tmp_path / "run")
+    state = jax.jit(initial_state_fn(run.task, run.tx, 0, cfg.train.batch_size))()
+    step = jax.jit(loop.run_train_step(run))
+    batches = run.task.train_batches(0, 1)
+    for _ in range(2):
+        state, metrics = step(state, next(batches))
+        want = hard_sparsity(state.params, run.model_config.plan.gate, run.basis, reference=run.prunable)
+        assert float(metrics["hard_sparsity"]) == pytest.approx(float(want), abs=1e-7)
+    assert not (tmp_path / "run").exists()
