@@ -14,12 +14,10 @@ Headless (matplotlib's Agg backend).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
-from typing import Any
-
 import numpy as np
+from flaxprune.training.run_plots import read_metrics
 from results_files import command_line, write_results  # experiments/, this script's folder
 
 __all__ = ["plot_trajectories", "read_trajectory", "trajectory_summary"]
@@ -34,21 +32,12 @@ def read_trajectory(run_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
       FileNotFoundError: if the run has no ``metrics.jsonl``.
       ValueError: if it holds no train row with a target (an unpruned run).
     """
-    path = pathlib.Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"read_trajectory: no metrics.jsonl in {run_dir}; is it a run directory?")
-    rows: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line) if line.strip() else {}
-        if row.get("kind") == "train" and "target" in row:
-            rows[int(row["step"])] = row  # a resumed run logs a step once more: the last write wins
-    if not rows:
-        raise ValueError(f"read_trajectory: {path} holds no train row with a target sparsity.")
-    steps = sorted(rows)
-    out = {"step": np.asarray(steps)}
-    for name in FIELDS:
-        out[name] = np.asarray([rows[s].get(name, np.nan) for s in steps], dtype=float)
-    return out
+    train = read_metrics(run_dir).get("train", {})
+    if "target" not in train:
+        raise ValueError(f"read_trajectory: {run_dir}/metrics.jsonl holds no train row with a target sparsity.")
+    keep = np.isfinite(train["target"])
+    nan = np.full(train["step"].shape, np.nan)
+    return {"step": train["step"][keep], **{name: train.get(name, nan)[keep] for name in FIELDS}}
 
 
 def trajectory_summary(trajectory: dict[str, np.ndarray]) -> dict[str, float]:

@@ -37,7 +37,7 @@ def test_summary_of_a_hand_made_trajectory(tmp_path):
 
 def test_bad_inputs_get_one_line(tmp_path, capsys):
     assert sparsity_plots.main([f"--out={tmp_path / 'x.png'}", str(tmp_path / "missing")]) == 2
-    assert "no metrics.jsonl" in capsys.readouterr().err
+    assert "metrics.jsonl is missing" in capsys.readouterr().err
     _write_metrics(tmp_path / "dense", [{"step": 1, "kind": "eval", "valid_bpc": 2.0}])
     assert sparsity_plots.main([f"--out={tmp_path / 'x.png'}", str(tmp_path / "dense")]) == 2
     assert "no train row with a target" in capsys.readouterr().err
