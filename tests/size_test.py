@@ -128,6 +128,34 @@ def test_open_sparsity_needs_only_shapes():
     assert fp.open_sparsity(shapes, "dense") == pytest.approx(1 - 34 / 32)
 
 
+def test_open_hard_sparsity_counts_what_surgery_keeps_of_untrained_gates():
+    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
+    shapes = jax.eval_shape(lambda: params)
+    assert fp.open_hard_sparsity(shapes) == 0.0
+    # dense basis: inp keeps its 5 x 4, fac's rank-2 factors (14) merge into their 4 x 3 dense kernel (12)
+    assert fp.open_hard_sparsity(shapes, "dense") == 1 - (20 + 12) / 32 == 0.0
+    wide = Net().init(jax.random.key(0), jnp.ones((1, 9)))["params"]  # inp 9 x 4: no merge anywhere
+    assert fp.open_hard_sparsity(wide, "dense") == pytest.approx(1 - (36 + 12) / (36 + 12))
+
+
+def test_straight_through_sparsity_is_hard_in_value_and_expected_in_gradient():
+    params = _params({"inp": [3.0, 1.0, -0.5, -4.0, 2.0], "fac": [-2.5, -2.0]})
+    for basis in ("factors", "dense"):
+        st = fp.straight_through_sparsity(params, PLAN, basis)
+        assert float(st) == pytest.approx(float(fp.hard_sparsity(params, PLAN, basis)), abs=1e-7)
+        got = jax.grad(lambda p, b=basis: fp.straight_through_sparsity(p, PLAN, b))(params)
+        want = jax.grad(lambda p, b=basis: fp.expected_sparsity(p, PLAN, b))(params)
+        chex.assert_trees_all_close(got, want, atol=1e-7)
+    # FLOP's mask keeps round(E[L0]) gates per group, P(z != 0) = sigmoid(log_alpha + 2.398): inp's sum to
+    # 0.996 + 0.968 + 0.870 + 0.168 + 0.988 = 3.99 (4 of 5 kept), fac's to 0.475 + 0.599 = 1.07 (1 of 2).
+    assert float(fp.straight_through_sparsity(params, PLAN)) == pytest.approx(1 - (4 * 4 + 1 * 7) / 34)
+    assert float(fp.straight_through_sparsity(params, PLAN, "dense")) == pytest.approx(1 - (4 * 4 + 1 * 7) / 32)
+    # In the penalty, the multiplier's gradient is the delivered error s_hard - t.
+    lagrangian = {"lambda_1": jnp.float32(-2.0), "lambda_2": jnp.float32(0.0)}
+    grad = jax.grad(lambda lg: fp.penalty(fp.straight_through_sparsity(params, PLAN), 0.25, lg))(lagrangian)
+    assert float(grad["lambda_1"]) == pytest.approx(1 - 23 / 34 - 0.25, abs=1e-6)
+
+
 def test_uniform_rank_hand_computed():
     # inp: 5 gates x 4 weights, fac: 2 gates x (4 + 3); rank r keeps min(r, 5) * 4 + min(r, 2) * 7 of 34
     params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})

@@ -27,6 +27,7 @@ __all__ = [
     "method_fields",
     "multiplier_control",
     "plan_from_config",
+    "prune_constraint",
     "sparsity_basis",
     "validate",
 ]
@@ -35,6 +36,9 @@ SCHEDULES = ("constant", "noam", "linear_warmup", "cosine", "linear")
 MULTIPLIER_UPDATES = ("pi", "adam")  # flaxprune.sparsity_controller (the default), FLOP's Adam ascent
 SECTIONS = ("model", "data", "train", "optim", "prune")
 GATE_INITS = ("constant", "spectral")  # every log_alpha from prune.gate.drop_rate, or from the SVD spectrum
+# The sparsity the multipliers hold to the target: what surgery delivers (flaxprune.straight_through_sparsity,
+# the default), or FLOP's expected L0 sparsity (a faithful reproduction, with optim.multiplier_update='adam').
+CONSTRAINTS = ("hard", "expected")
 
 
 def _positive_int(section: str, name: str, value: Any, minimum: int = 1) -> None:
@@ -109,6 +113,11 @@ def validate(config: Any) -> None:
     _positive_int("prune", "target_warmup", p.target_warmup, minimum=0)
     if sparsity_basis(config) not in BASES:
         raise ValueError(f"config.prune.basis={p.basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
+    if prune_constraint(config) not in CONSTRAINTS:
+        raise ValueError(
+            f"config.prune.constraint={p.constraint!r} is not a constrained sparsity; accepted: {list(CONSTRAINTS)} "
+            "('hard': what surgery delivers; 'expected': FLOP's expected L0 sparsity)."
+        )
     gate_init = p.get("gate_init", "constant")
     if gate_init not in GATE_INITS:
         raise ValueError(f"config.prune.gate_init={gate_init!r} is not a gate start; accepted: {list(GATE_INITS)}.")
@@ -232,6 +241,12 @@ def compaction_settings(config: Any) -> tuple[int, float]:
 def sparsity_basis(config: Any) -> str:
     """``config.prune.basis`` (:mod:`flaxprune.size`): ``'factors'`` (the default) or ``'dense'``."""
     return str(config.prune.get("basis", "factors"))
+
+
+def prune_constraint(config: Any) -> str:
+    """``config.prune.constraint``: the sparsity the multipliers hold to the target, ``'hard'`` (the default:
+    what surgery delivers, :func:`flaxprune.straight_through_sparsity`) or ``'expected'`` (FLOP's)."""
+    return str(config.prune.get("constraint", "hard"))
 
 
 def learning_rate_schedule(optim: Any, total_steps: int) -> optax.Schedule:

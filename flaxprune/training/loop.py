@@ -26,7 +26,14 @@ from tqdm import tqdm
 
 from flaxprune.lagrangian import flop_optimizer, target_schedule
 from flaxprune.serialization import config_to_json
-from flaxprune.size import expected_sparsity, hard_sparsity, open_sparsity, prunable_params, report
+from flaxprune.size import (
+    expected_sparsity,
+    hard_sparsity,
+    open_hard_sparsity,
+    open_sparsity,
+    prunable_params,
+    report,
+)
 from flaxprune.spectral import spectral_gates
 from flaxprune.training import sharding
 from flaxprune.training.checkpoint import CheckpointStore, DamagedCheckpointError
@@ -34,6 +41,7 @@ from flaxprune.training.config import (
     compaction_settings,
     learning_rate_schedule,
     multiplier_control,
+    prune_constraint,
     sparsity_basis,
     validate,
 )
@@ -179,15 +187,16 @@ def _optimizer(optim: Any, lr_fn: Callable, wrap_weights: Callable | None = None
 def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     """The target sparsity by step: a ramp from the model's start (every gate open) to ``prune.target``.
 
-    The start needs only the params' shapes. An unpruned run has no penalty; its target is only logged. An
-    AGP run's target is its cubic schedule.
+    The start is the held sparsity's (``prune.constraint``) with every gate open, from the params' shapes.
+    An unpruned run has no penalty; its target is only logged. An AGP run's target is its cubic schedule.
     """
     if uses_agp(config):
         return agp_target_fn(config)
     if not config.prune.enabled:
         return target_schedule(0.0, 0)
     shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-    start = open_sparsity(shapes, sparsity_basis(config))
+    opened = open_sparsity if prune_constraint(config) == "expected" else open_hard_sparsity  # the held sparsity's
+    start = opened(shapes, sparsity_basis(config))
     return target_schedule(config.prune.target, config.prune.target_warmup, start=start)
 
 
@@ -282,6 +291,7 @@ def run_train_step(run: Run) -> Callable:
         basis=run.basis,
         learning_rate_fn=run.lr_fn,
         reference=run.prunable,
+        constraint=prune_constraint(run.config),
     )
 
 

@@ -20,7 +20,7 @@ import optax
 
 from flaxprune.gates import GateConfig
 from flaxprune.lagrangian import penalty
-from flaxprune.size import expected_sparsity, hard_sparsity
+from flaxprune.size import expected_sparsity, hard_sparsity, straight_through_sparsity
 from flaxprune.training.state import TrainState
 
 __all__ = ["make_train_step"]
@@ -37,6 +37,7 @@ def make_train_step(
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
     reference: int | None = None,
     measure: Callable[[Any], jax.Array] | None = None,
+    constraint: str = "expected",
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, batch, teacher_params=None) -> (state, metrics)`` (not yet jitted).
 
@@ -58,6 +59,10 @@ def make_train_step(
       measure: for a run without the penalty (AGP), ``params -> sparsity``
         reported as the step's ``expected_sparsity`` (and ``target_fn`` its
         scheduled sparsity); None reports 0.
+      constraint: the sparsity in the penalty: ``'expected'`` (FLOP's) or
+        ``'hard'`` (:func:`~flaxprune.size.straight_through_sparsity`: the
+        hard sparsity's value, the expected sparsity's gradient). The metrics'
+        ``expected_sparsity`` is the expected one either way.
 
     The metrics: ``loss``, the task's own, ``expected_sparsity``, ``target``,
     ``lambda_1``, ``lambda_2``, ``grad_norm``, ``learning_rate`` (with a
@@ -75,8 +80,10 @@ def make_train_step(
                 return loss, (loss, metrics, new_carry, s, target_fn(step))
             return loss, (loss, metrics, new_carry, zero, zero)
         s = expected_sparsity(trainable["params"], gate, basis, reference=reference)
+        held = s if constraint == "expected" else straight_through_sparsity(trainable["params"], gate, basis,
+                                                                              reference=reference)
         t = target_fn(step)
-        return loss + penalty(s, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
+        return loss + penalty(held, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any = None):
         dropout_key, gates_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
