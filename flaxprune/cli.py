@@ -40,6 +40,14 @@ _OUTPUT = flags.DEFINE_string(
     "experiments/results).",
 )
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run directory or a reduced-model directory.")
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "jax",
+    ["jax", "hf"],
+    "What export writes: jax = a jax.export folder (model.jaxexport, weights.npz, manifest.json) that runs with jax "
+    "alone, any model; hf = an HF-style BERT classifier folder (config.json, model.safetensors, tokenizer files) "
+    "that flaxprune, numpy or PyTorch code can load.",
+)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite",
     False,
@@ -134,13 +142,16 @@ def report_main() -> None:
 
 
 def export_main() -> None:
-    """``flaxprune export``: a run's (or a folder's) reduced model -> a portable ``jax.export`` folder."""
+    """``flaxprune export``: a run's (or a folder's) reduced model -> a portable ``jax.export`` or HF-style folder."""
     given = [f.name for f in (_WORKDIR, _CHECKPOINT) if f.value]
     if len(given) != 1:
         raise UsageError(f"give one of --workdir=RUN or --checkpoint=DIR{', not both' if given else ''}")
+    source, run_only = _WORKDIR.value or _CHECKPOINT.value, bool(_WORKDIR.value)
+    if _FORMAT.value == "hf":
+        _export_hf(source, run_only)
+        return
     from flaxprune import export
 
-    source, run_only = _WORKDIR.value or _CHECKPOINT.value, bool(_WORKDIR.value)
     try:
         manifest = export.export_reduced(source, _OUTPUT.value, overwrite=_OVERWRITE.value, run_only=run_only)
     except ModuleNotFoundError as e:  # jax's serialization needs flatbuffers: a one-line error like the others
@@ -157,6 +168,21 @@ def plot_main() -> None:
 
     for path in plot_run(_WORKDIR.value):
         print(f"wrote {path}")
+
+
+def _export_hf(source: str, run_only: bool) -> None:
+    """``flaxprune export --format=hf``: a GLUE run's (or a reduced BERT's) model -> an HF-style folder."""
+    from flaxprune import hf_export
+    from flaxprune.training.run_dir import RunFiles
+
+    if run_only and not RunFiles(source).config.is_file():
+        raise FileNotFoundError(f"{RunFiles(source).config} is missing: {source} is not a flaxprune run directory.")
+    written = hf_export.export_run_hf(source, _OUTPUT.value, overwrite=_OVERWRITE.value)
+    block = written["flaxprune"]
+    kinds = [e["kind"] for layer in block["layers"] for e in layer.values()]
+    print(f"exported {block['source']} to {pathlib.Path(_OUTPUT.value).absolute()} (HF format)")
+    print(f"BertForSequenceClassification: {block['total_params']:,} params, {written['num_labels']} labels; "
+          f"projections: {', '.join(f'{kinds.count(k)} {k}' for k in hf_export.KINDS)}")
 
 
 def bench_main() -> None:
@@ -203,7 +229,14 @@ Give --workdir=RUN (the run's reduced/ model) or --checkpoint=DIR (a reduced mod
 run directory), not both. --output receives model.jaxexport (the eval-mode forward, lowered for CPU, CUDA and
 TPU, batch and sequence length symbolic where the model allows), weights.npz and manifest.json; it must be new
 or empty, or an earlier export with --overwrite. Loading it needs only jax, numpy and flatbuffers: see the
-README or flaxprune/export.py for the ten lines."""
+README or flaxprune/export.py for the ten lines.
+
+--format=hf (BERT classifiers: a GLUE run, or a reduced BERT) writes instead the folder transformers writes for
+BertForSequenceClassification: config.json (with a flaxprune block giving each projection's kind and kept
+rank), model.safetensors (PyTorch names and layouts; a factored projection as weight_in [r, in] and weight_out
+[out, r]), the run's tokenizer files and a README.md. It reloads with flaxprune.hf_export.load_hf, or with
+numpy and safetensors alone (the 30 lines in its README.md); with every projection dense it is a plain HF
+checkpoint."""
 
 _PLOT_NOTES = """\
 Writes into --workdir, beside metrics.jsonl: plot_training.png (training loss and metric, the evaluations'
@@ -278,12 +311,13 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             name="export",
-            summary="Write a reduced model as a jax.export folder that runs without flaxprune or flax (CPU/GPU/TPU).",
+            summary="Write a reduced model as a jax.export folder (any model) or an HF-style folder (BERT).",
             run=export_main,
             args=(
                 Arg(_WORKDIR, "DIR"),
                 Arg(_CHECKPOINT, "DIR"),
                 Arg(_OUTPUT, "DIR", required=True),
+                Arg(_FORMAT),
                 Arg(_OVERWRITE),
                 *COMMON_ARGS,
             ),
@@ -291,6 +325,7 @@ COMMANDS: dict[str, Command] = {
             examples=(
                 "flaxprune export --workdir=/tmp/run --output=/tmp/run_export",
                 "flaxprune export --checkpoint=/tmp/run_small --output=/tmp/run_export --overwrite",
+                "flaxprune export --format=hf --workdir=/tmp/mrpc_flop --output=/tmp/mrpc_hf",
             ),
         ),
         Command(

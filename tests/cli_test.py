@@ -466,3 +466,43 @@ def test_the_bench_script_is_the_bench_command():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == subprocess.run([sys.executable, "-m", "flaxprune.cli", "bench", "--help"], cwd=REPO,
                                          capture_output=True, text=True, timeout=300, check=False).stdout
+
+
+def test_export_format_hf_reaches_export_run_hf_and_prints_what(tmp_path, monkeypatch, capsys):
+    from flaxprune import hf_export
+
+    seen = []
+    written = {"num_labels": 2, "flaxprune": {"source": "/x/reduced", "total_params": 1546, "layers": [
+        {"attention.self.query": {"kind": "dense"}, "intermediate.dense": {"kind": "factored"}}]}}
+
+    def export_run_hf(path, output, *, overwrite=False):
+        seen.append((path, output, overwrite))
+        return written
+
+    monkeypatch.setattr(hf_export, "export_run_hf", export_run_hf)
+    (tmp_path / "config.json").write_text("{}")  # a run directory, as --workdir requires
+    out = tmp_path / "out"
+    assert cli.main(["export", "--format=hf", f"--workdir={tmp_path}", f"--output={out}"]) == 0
+    assert capsys.readouterr().out == (
+        f"exported /x/reduced to {out} (HF format)\n"
+        "BertForSequenceClassification: 1,546 params, 2 labels; projections: 1 dense, 1 factored, 0 bias_only\n")
+    assert cli.main(["export", "--format=hf", f"--checkpoint={tmp_path}", f"--output={out}", "--overwrite"]) == 0
+    assert seen == [(str(tmp_path), str(out), False), (str(tmp_path), str(out), True)]
+    assert cli.main(["export", "--format=hf", f"--workdir={tmp_path / 'nope'}", f"--output={out}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flaxprune export: ") and "is not a flaxprune run directory" in err and err.count("\n") == 1
+    assert cli.main(["export", "--format=onnx", f"--workdir={tmp_path}", f"--output={out}"]) == 2
+    assert "--format=onnx: value should be one of <jax|hf>" in capsys.readouterr().err
+    assert seen == [(str(tmp_path), str(out), False), (str(tmp_path), str(out), True)]
+
+
+def test_the_jax_format_stays_the_default(tmp_path, monkeypatch, capsys):
+    from flaxprune import export
+
+    seen = []
+    manifest = {"source": "/x/reduced", "model_class": "SRULanguageModel", "total_params": 1234,
+                "inputs": [{"name": "tokens", "shape": ["b", "t"]}], "platforms": ["cpu"]}
+    monkeypatch.setattr(export, "export_reduced", lambda *a, **k: seen.append((a, k)) or manifest)
+    assert cli.main(["export", f"--workdir={tmp_path}", f"--output={tmp_path / 'o'}"]) == 0
+    assert cli.main(["export", "--format=jax", f"--checkpoint={tmp_path}", f"--output={tmp_path / 'o'}"]) == 0
+    assert len(seen) == 2 and "platforms cpu" in capsys.readouterr().out
