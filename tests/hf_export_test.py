@@ -20,6 +20,7 @@ from safetensors.numpy import load_file
 
 import flaxprune as fp
 from flaxprune import hf_export as hf
+from flaxprune import hf_format
 from flaxprune.models import BertClassifier, BertConfig
 from flaxprune.models.bert_checkpoint import load_hf_bert, with_classifier
 from flaxprune.serialization import config_to_json
@@ -198,7 +199,7 @@ print("child ok")
 def test_the_numpy_snippet_alone_gives_the_flax_logits(reduced, exported, tmp_path):
     small, small_cfg = reduced
     folder = exported[0]
-    assert textwrap.indent(hf.NUMPY_FORWARD, "    ") in hf.__doc__  # the docstring shows what runs
+    assert textwrap.indent(hf_format.NUMPY_FORWARD, "    ") in hf_format.__doc__  # the docstring shows what runs
     assert hf.NUMPY_FORWARD.rstrip() in (folder / "README.md").read_text()
     (tmp_path / "snippet.py").write_text(hf.NUMPY_FORWARD)
     (tmp_path / "child.py").write_text(CHILD)

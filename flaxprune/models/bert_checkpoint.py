@@ -23,6 +23,9 @@ are ``[out, in]`` there and transposed to Flax's ``[in, out]``)::
     encoder.layer.{i}.output.LayerNorm                encoder/layer_{i}/output_norm
     pooler.dense                                      pooler
 
+This is :func:`flaxprune.hf_format.hf_tensor_table` with every projection
+dense, read without its ``bert`` prefix and the classifier head.
+
 Old (TensorFlow-converted) checkpoints name LayerNorm params ``gamma`` /
 ``beta``; both spellings are read. Tensors the encoder does not use (the
 MLM head, ``position_ids``) are ignored.
@@ -44,6 +47,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from flaxprune.gates import is_gate_param, log_alpha_init
+from flaxprune.hf_format import hf_tensor_table
 from flaxprune.models.bert import INIT_STD, BertClassifier, BertConfig, BertEncoder
 from flaxprune.surgery import factorize_params
 
@@ -122,50 +126,15 @@ def read_config(folder: str | os.PathLike, **overrides: Any) -> BertConfig:
     return BertConfig(**{**fields, **overrides})
 
 
-def _expected(cfg: BertConfig) -> list[tuple[str, tuple[str, ...], tuple[int, ...], bool]]:
-    """``(torch name, flax path, torch shape, transpose)`` for every tensor the encoder needs, in load order."""
-    h, f = cfg.hidden_size, cfg.intermediate_size
-    rows = [
-        (
-            "embeddings.word_embeddings.weight",
-            ("embeddings", "word_embeddings", "embedding"),
-            (cfg.vocab_size, h),
-            False,
-        ),
-        (
-            "embeddings.position_embeddings.weight",
-            ("embeddings", "position_embeddings", "embedding"),
-            (cfg.max_position, h),
-            False,
-        ),
-        (
-            "embeddings.token_type_embeddings.weight",
-            ("embeddings", "token_type_embeddings", "embedding"),
-            (cfg.type_vocab_size, h),
-            False,
-        ),
-    ]
+def _encoder_table(cfg: BertConfig) -> list[tuple[str, tuple[str, ...], tuple[int, ...], bool]]:
+    """``(torch name, flax path, torch shape, transpose)`` for every tensor the encoder needs, in load order.
 
-    def norm(torch_name: str, path: tuple[str, ...]) -> None:
-        rows.append((f"{torch_name}.LayerNorm.weight", (*path, "scale"), (h,), False))
-        rows.append((f"{torch_name}.LayerNorm.bias", (*path, "bias"), (h,), False))
-
-    def linear(torch_name: str, path: tuple[str, ...], n_in: int, n_out: int) -> None:
-        rows.append((f"{torch_name}.weight", (*path, "kernel"), (n_out, n_in), True))
-        rows.append((f"{torch_name}.bias", (*path, "bias"), (n_out,), False))
-
-    norm("embeddings", ("embeddings", "norm"))
-    for i in range(cfg.num_layers):
-        t, p = f"encoder.layer.{i}", ("encoder", f"layer_{i}")
-        for name in ("query", "key", "value"):
-            linear(f"{t}.attention.self.{name}", (*p, "attention", name), h, h)
-        linear(f"{t}.attention.output.dense", (*p, "attention", "output"), h, h)
-        norm(f"{t}.attention.output", (*p, "attention", "output_norm"))
-        linear(f"{t}.intermediate.dense", (*p, "intermediate"), h, f)
-        linear(f"{t}.output.dense", (*p, "output"), f, h)
-        norm(f"{t}.output", (*p, "output_norm"))
-    linear("pooler.dense", ("pooler",), h, h)
-    return rows
+    The rows of the HF format's one table (:func:`~flaxprune.hf_format.hf_tensor_table`, every projection
+    dense) under ``bert``, named without that prefix; the classifier head's rows are not the encoder's.
+    """
+    prefix = "bert."
+    return [(name[len(prefix):], path[1:], shape, transpose)
+            for name, path, shape, transpose in hf_tensor_table(cfg) if path[0] == "bert"]
 
 
 def _lookup(tensors: dict[str, np.ndarray], name: str, prefix: str) -> np.ndarray | None:
@@ -232,7 +201,7 @@ def load_hf_bert(folder: str | os.PathLike, **overrides: Any) -> tuple[BertConfi
     tensors = _read_tensors(path)
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     flat = {}
-    for name, flax_path, shape, transpose in _expected(cfg):
+    for name, flax_path, shape, transpose in _encoder_table(cfg):
         value = _lookup(tensors, name, prefix)
         if value is None:
             raise ValueError(
