@@ -40,6 +40,7 @@ import optax
 
 from flaxprune.gates import is_gate_param
 from flaxprune.sparsity_control import SparsityController, sparsity_controller
+from flaxprune.tree_paths import dict_keys
 
 __all__ = [
     "GradientAscentState",
@@ -240,10 +241,10 @@ def gradient_ascent(inner: optax.GradientTransformation) -> optax.GradientTransf
 
 
 def _label(path: tuple[Any, ...], _) -> str:
-    head, last = (path[0], path[-1]) if path else (None, None)
-    if isinstance(head, jax.tree_util.DictKey) and head.key == LAGRANGIAN_KEY:
+    keys = dict_keys(path)  # a boxed leaf (nnx.Param) adds attribute keys after its name
+    if keys and keys[0] == LAGRANGIAN_KEY:
         return "multipliers"
-    if isinstance(last, jax.tree_util.DictKey) and is_gate_param(last.key):
+    if keys and is_gate_param(keys[-1]):
         return "gates"
     return "weights"
 

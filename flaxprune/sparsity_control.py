@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxprune.tree_paths import leaf_name
+
 __all__ = ["SparsityController", "SparsityControllerState", "control_output", "sparsity_controller"]
 
 
@@ -180,8 +182,7 @@ def _find(tree: Any, name: str) -> list[Any]:
     found = []
 
     def visit(path, leaf):
-        last = path[-1] if path else None
-        if isinstance(last, jax.tree_util.DictKey) and last.key == name:
+        if leaf_name(path) == name:
             found.append(leaf)
 
     jax.tree_util.tree_map_with_path(visit, tree, is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
@@ -200,9 +201,9 @@ def _multipliers(tree: Any, name: str = "lambda_1") -> jax.Array:
 
 def _replace_multipliers(tree: Any, values: dict[str, jax.Array]) -> Any:
     def replace(path, leaf):
-        last = path[-1] if path else None
-        if isinstance(last, jax.tree_util.DictKey) and last.key in values and not isinstance(leaf, optax.MaskedNode):
-            return values[last.key]
+        name = leaf_name(path)
+        if name in values and not isinstance(leaf, optax.MaskedNode):
+            return values[name]
         return leaf
 
     return jax.tree_util.tree_map_with_path(replace, tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))

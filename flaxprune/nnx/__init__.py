@@ -50,13 +50,23 @@ from flaxprune.nnx.size import (
     hard_sparsity,
     prunable_params,
     report,
+    straight_through_sparsity,
     total_params,
 )
 from flaxprune.nnx.state import gate_of, layers_of, params_of, plan_of
 from flaxprune.nnx.surgery import shrink
-from flaxprune.nnx.training import Multipliers, Trainable, flop_optimizer, make_train_step, penalty
+from flaxprune.nnx.training import (
+    CONSTRAINTS,
+    Multipliers,
+    Trainable,
+    flop_optimizer,
+    held_sparsity,
+    make_train_step,
+    penalty,
+)
 
 __all__ = [
+    "CONSTRAINTS",
     "GATES_RNG",
     "AdaptiveEmbedding",
     "AdaptiveSoftmax",
@@ -73,6 +83,7 @@ __all__ = [
     "gate_of",
     "hard_params",
     "hard_sparsity",
+    "held_sparsity",
     "input_gated_apply",
     "layers_of",
     "make_train_step",
@@ -82,5 +93,6 @@ __all__ = [
     "prunable_params",
     "report",
     "shrink",
+    "straight_through_sparsity",
     "total_params",
 ]

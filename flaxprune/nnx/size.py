@@ -27,6 +27,7 @@ __all__ = [
     "hard_sparsity",
     "prunable_params",
     "report",
+    "straight_through_sparsity",
     "total_params",
 ]
 
@@ -76,6 +77,14 @@ def hard_sparsity(source: Any, gate: Any = None, basis: str = "factors", *, refe
     """``1 - hard_params / prunable_params``: the sparsity :func:`flaxprune.nnx.shrink` delivers."""
     params, gate = _params_and_gate(source, gate, "hard_sparsity")
     return linen_size.hard_sparsity(params, gate, basis, reference=reference)
+
+
+def straight_through_sparsity(
+    source: Any, gate: Any = None, basis: str = "factors", *, reference: int | None = None
+) -> jax.Array:
+    """The hard sparsity's value with the expected sparsity's gradient: what the multipliers hold to the target."""
+    params, gate = _params_and_gate(source, gate, "straight_through_sparsity")
+    return linen_size.straight_through_sparsity(params, gate, basis, reference=reference)
 
 
 def report(source: Any, gate: Any = None) -> list[LayerRow]:

@@ -16,11 +16,11 @@ groups::
     for batch in batches:
         metrics = step(trainable, optimizer, batch)  # nnx.jit; the layers' gates streams advance
 
-:func:`flop_optimizer` here is :func:`flaxprune.flop_optimizer` whose ``init``
-first strips the ``nnx.Variable`` boxes: ``nnx.Optimizer`` calls ``init`` on
-``nnx.state(...)``, whose leaves sit one level below the param names (under a
-``.value`` attribute), where the partition would label every gate a weight and
-fail at the first update; its ``update`` already gets pure arrays.
+:func:`flop_optimizer` is :func:`flaxprune.flop_optimizer` itself: its
+partition names a leaf by its last dict key, which an ``nnx.Variable`` box
+(the ``.value`` under a param's name) leaves unchanged. The penalty holds
+the sparsity surgery delivers by default (``constraint='hard'``,
+:func:`flaxprune.straight_through_sparsity`), as a Linen run does.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from flaxprune import lagrangian
-from flaxprune.nnx.size import expected_sparsity
+from flaxprune.lagrangian import flop_optimizer
+from flaxprune.nnx.size import expected_sparsity, hard_sparsity, straight_through_sparsity
 from flaxprune.size import BASES
 
-__all__ = ["Multipliers", "Trainable", "flop_optimizer", "make_train_step", "penalty"]
+CONSTRAINTS = ("hard", "expected")  # as config.prune.constraint: what surgery delivers, or FLOP's expected L0
+
+__all__ = ["CONSTRAINTS", "Multipliers", "Trainable", "flop_optimizer", "held_sparsity", "make_train_step", "penalty"]
 
 
 class Multipliers(nnx.Module):
@@ -67,32 +69,33 @@ class Trainable(nnx.Module):
         self.lagrangian = Multipliers()
 
 
-def flop_optimizer(*args: Any, **kwargs: Any) -> optax.GradientTransformation:
-    """:func:`flaxprune.flop_optimizer` for ``nnx.Optimizer(Trainable(model), ..., wrt=nnx.Param)``.
-
-    Takes the same arguments (``learning_rate``, ``gate_learning_rate``, ...)
-    and raises the same errors; ``init`` accepts the ``nnx.State`` of a
-    :class:`Trainable` (Variables or pure arrays).
-    """
-    tx = lagrangian.flop_optimizer(*args, **kwargs)
-
-    def init_fn(tree):
-        return tx.init(nnx.as_pure(tree))
-
-    return optax.GradientTransformation(init_fn, tx.update)
+def _check_constraint(fn: str, constraint: str) -> None:
+    if constraint not in CONSTRAINTS:
+        raise ValueError(
+            f"{fn}: constraint={constraint!r} is not a constrained sparsity; accepted: {list(CONSTRAINTS)} "
+            "('hard': what shrink delivers; 'expected': FLOP's expected L0 sparsity)."
+        )
 
 
-def penalty(trainable: Trainable, target: Any, basis: str = "factors") -> jax.Array:
-    """``lambda_1 (s - t) + lambda_2 (s - t)^2`` with ``s = expected_sparsity(trainable.params)``.
+def held_sparsity(model: nnx.Module, basis: str = "factors", constraint: str = "hard") -> jax.Array:
+    """The sparsity the penalty holds: ``straight_through_sparsity`` (``'hard'``) or ``expected_sparsity``."""
+    _check_constraint("held_sparsity", constraint)
+    if constraint == "hard":
+        return straight_through_sparsity(model, basis=basis)
+    return expected_sparsity(model, basis=basis)
+
+
+def penalty(trainable: Trainable, target: Any, basis: str = "factors", constraint: str = "hard") -> jax.Array:
+    """``lambda_1 (s - t) + lambda_2 (s - t)^2`` with ``s = held_sparsity(trainable.params, basis, constraint)``.
 
     Raises:
-      ValueError: if ``trainable`` is not a :class:`Trainable`.
+      ValueError: if ``trainable`` is not a :class:`Trainable`, or for an unknown ``constraint``.
     """
     if not isinstance(trainable, Trainable):
         raise ValueError(
             f"penalty: trainable={type(trainable).__name__} must be a flaxprune.nnx.Trainable (model + multipliers)."
         )
-    s = expected_sparsity(trainable.params, basis=basis)
+    s = held_sparsity(trainable.params, basis, constraint)
     return lagrangian.penalty(s, target, trainable.lagrangian.as_dict())
 
 
@@ -108,7 +111,7 @@ def _target_fn(target: Any) -> Callable[[jax.Array], jax.Array]:
 
 
 def make_train_step(
-    task_loss: Callable[[nnx.Module, Any], jax.Array], target: Any, *, basis: str = "factors"
+    task_loss: Callable[[nnx.Module, Any], jax.Array], target: Any, *, basis: str = "factors", constraint: str = "hard"
 ) -> Callable[[Trainable, nnx.Optimizer, Any], dict[str, jax.Array]]:
     """A jitted FLOP step: task loss + Lagrangian penalty, one ``optimizer.update``.
 
@@ -118,12 +121,15 @@ def make_train_step(
       target: target sparsity, a number in [0, 1) or a schedule of the
         optimizer's step count (``flaxprune.target_schedule``).
       basis: the sparsity basis, ``'factors'`` or ``'dense'``.
+      constraint: the sparsity the multipliers hold, ``'hard'`` (what
+        shrink delivers) or ``'expected'`` (FLOP's); see :func:`held_sparsity`.
 
     Returns:
       ``step(trainable, optimizer, batch) -> metrics`` (an ``nnx.jit``
       function that updates ``trainable`` and ``optimizer`` in place); the
       metrics are scalars ``loss``, ``task_loss``, ``expected_sparsity``,
-      ``target``, ``lambda_1``, ``lambda_2``.
+      ``hard_sparsity`` (the held one's value with ``'hard'``), ``target``,
+      ``lambda_1``, ``lambda_2``.
 
     Raises:
       ValueError: for a ``task_loss`` that is not callable, a bad ``target``
@@ -133,12 +139,14 @@ def make_train_step(
         raise ValueError(f"make_train_step: task_loss={task_loss!r} must be a function (model, batch) -> scalar.")
     if basis not in BASES:
         raise ValueError(f"make_train_step: basis={basis!r} is not a sparsity basis; accepted: {list(BASES)}.")
+    _check_constraint("make_train_step", constraint)
     target_fn = _target_fn(target)
 
     def loss_fn(trainable: Trainable, batch: Any, t: jax.Array):
         task = task_loss(trainable.params, batch)
         s = expected_sparsity(trainable.params, basis=basis)
-        return task + lagrangian.penalty(s, t, trainable.lagrangian.as_dict()), (task, s)
+        held = s if constraint == "expected" else straight_through_sparsity(trainable.params, basis=basis)
+        return task + lagrangian.penalty(held, t, trainable.lagrangian.as_dict()), (task, s)
 
     @nnx.jit
     def step(trainable: Trainable, optimizer: nnx.Optimizer, batch: Any) -> dict[str, jax.Array]:
@@ -146,7 +154,8 @@ def make_train_step(
         (loss, (task, s)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable, batch, t)
         optimizer.update(trainable, grads)
         lambdas = trainable.lagrangian.as_dict()
-        return {"loss": loss, "task_loss": task, "expected_sparsity": s, "target": t, **lambdas}
+        hard = hard_sparsity(trainable.params, basis=basis)
+        return {"loss": loss, "task_loss": task, "expected_sparsity": s, "hard_sparsity": hard, "target": t, **lambdas}
 
     def checked(trainable: Trainable, optimizer: nnx.Optimizer, batch: Any) -> dict[str, jax.Array]:
         if not isinstance(trainable, Trainable):

@@ -45,10 +45,10 @@ def test_the_optimizer_sees_the_linen_trainable_tree():
     labels = fp.param_labels(nnx.as_pure(nnx.state(trainable, nnx.Param)))
     assert labels["params"]["fc1"]["log_alpha"] == "gates" and labels["params"]["fc1"]["P"] == "weights"
     assert labels["lagrangian"]["lambda_1"] == "multipliers"
-    # With the Variable boxes the gate leaf's own key is no longer the last on its path: the reason
-    # fpx.flop_optimizer strips them before init (see /work/helper_out/nnx_notes.md for the core fix).
+    # With the Variable boxes (what nnx.Optimizer hands to init) a gate is still named by its dict key.
     boxed = jax.tree.leaves(fp.param_labels(nnx.state(trainable, nnx.Param))["params"]["fc1"]["log_alpha"])
-    assert boxed == ["weights"]
+    assert boxed == ["gates"]
+    assert fpx.flop_optimizer is fp.flop_optimizer
 
 
 def test_penalty_is_the_lagrangian_of_the_model_sparsity():
@@ -57,7 +57,12 @@ def test_penalty_is_the_lagrangian_of_the_model_sparsity():
     trainable.lagrangian.lambda_1[...] = jnp.float32(-2.0)
     trainable.lagrangian.lambda_2[...] = jnp.float32(3.0)
     s = fpx.expected_sparsity(model)
-    np.testing.assert_allclose(fpx.penalty(trainable, 0.5), -2.0 * (s - 0.5) + 3.0 * (s - 0.5) ** 2, rtol=1e-6)
+    got = fpx.penalty(trainable, 0.5, constraint="expected")
+    np.testing.assert_allclose(got, -2.0 * (s - 0.5) + 3.0 * (s - 0.5) ** 2, rtol=1e-6)
+    h = fpx.hard_sparsity(model)  # the default holds what shrink delivers
+    np.testing.assert_allclose(fpx.penalty(trainable, 0.5), -2.0 * (h - 0.5) + 3.0 * (h - 0.5) ** 2, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"constraint='soft' is not a constrained sparsity; accepted: \['hard'"):
+        fpx.penalty(trainable, 0.5, constraint="soft")
 
 
 def one_line_error(fn, *words):
