@@ -37,6 +37,7 @@ from flaxprune.lagrangian import (
     noam_schedule,
     param_labels,
     penalty,
+    ramp_progress,
     target_schedule,
 )
 from flaxprune.plan import Plan
@@ -47,7 +48,6 @@ from flaxprune.size import (
     gate_groups,
     hard_params,
     hard_sparsity,
-    open_hard_sparsity,
     open_sparsity,
     prunable_params,
     report,
@@ -97,7 +97,6 @@ __all__ = [
     "is_gate_param",
     "log_alpha_init",
     "noam_schedule",
-    "open_hard_sparsity",
     "open_sparsity",
     "param_labels",
     "penalty",
@@ -110,6 +109,7 @@ __all__ = [
     "straight_through_sparsity",
     "spectral_gates",
     "spectral_log_alpha",
+    "ramp_progress",
     "target_schedule",
     "total_params",
     "uniform_rank",

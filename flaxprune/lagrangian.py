@@ -50,6 +50,7 @@ __all__ = [
     "noam_schedule",
     "param_labels",
     "penalty",
+    "ramp_progress",
     "target_schedule",
 ]
 
@@ -143,15 +144,34 @@ def target_schedule(target: float, warmup_steps: int, start: float = 0.0) -> opt
     if not (_is_finite(start) and start < 1):
         raise ValueError(f"target_schedule: start={start!r} must be a finite number < 1.")
     target, start = float(target), float(start)
-    warmup_steps = int(warmup_steps)
+    progress = ramp_progress(int(warmup_steps))
 
     def schedule(step):
-        if warmup_steps == 0:
-            return jnp.full((), target, jnp.float32)
-        frac = jnp.asarray(step, jnp.float32) / warmup_steps
-        return start + (target - start) * jnp.minimum(1.0, frac)
+        return start + (target - start) * progress(step)
 
     return schedule
+
+
+def ramp_progress(warmup_steps: int) -> optax.Schedule:
+    """The fraction of the target's ramp done by a step: ``min(1, step / warmup_steps)`` (1 throughout for 0).
+
+    :func:`target_schedule` moves the target by it; a run with
+    ``prune.constraint='hard'`` moves the held sparsity from the expected to
+    the hard one by it (:func:`flaxprune.straight_through_sparsity`'s ``weight``).
+
+    Raises:
+      ValueError: if ``warmup_steps`` is not an integer >= 0.
+    """
+    if not (_is_int(warmup_steps) and warmup_steps >= 0):
+        raise ValueError(f"ramp_progress: warmup_steps={warmup_steps!r} must be an integer >= 0.")
+    warmup_steps = int(warmup_steps)
+
+    def progress(step):
+        if warmup_steps == 0:
+            return jnp.ones((), jnp.float32)
+        return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+
+    return progress
 
 
 def noam_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:

@@ -65,7 +65,6 @@ __all__ = [
     "gate_groups",
     "hard_params",
     "hard_sparsity",
-    "open_hard_sparsity",
     "open_sparsity",
     "prunable_params",
     "report",
@@ -152,24 +151,6 @@ def open_sparsity(params: Mapping[str, Any], basis: str = "factors") -> float:
     _check_basis(basis, "open_sparsity")
     _groups_or_raise(params, "open_sparsity")
     return 1.0 - prunable_params(params, "factors") / prunable_params(params, basis)
-
-
-def open_hard_sparsity(params: Mapping[str, Any], basis: str = "factors") -> float:
-    """The hard sparsity with every gate open: what :func:`~flaxprune.surgery.shrink` of an untrained gated model
-    delivers.
-
-    Equal to :func:`open_sparsity` on the ``'factors'`` basis (0); on the
-    ``'dense'`` basis each node counts what surgery keeps of it, its factors
-    or, where they hold more, its merged dense matrix: 0 for full-rank SVD
-    factors. Needs only shapes (works on ``jax.eval_shape`` output).
-    """
-    _check_basis(basis, "open_hard_sparsity")
-    _groups_or_raise(params, "open_hard_sparsity")
-    kept = 0
-    for groups, dense in _gated_nodes(params):
-        full = sum(int(g.log_alpha.shape[-1]) * g.cost_per_gate for g in groups)
-        kept += min(full, dense) if basis == "dense" else full
-    return 1.0 - kept / prunable_params(params, basis)
 
 
 def _all_finite(groups: list[tuple[str, GateGroup]]) -> jax.Array:
@@ -267,23 +248,33 @@ def hard_sparsity(
 
 
 def straight_through_sparsity(
-    params: Mapping[str, Any], gate: GateSource, basis: str = "factors", *, reference: int | None = None
+    params: Mapping[str, Any],
+    gate: GateSource,
+    basis: str = "factors",
+    *,
+    reference: int | None = None,
+    weight: float | jax.Array = 1.0,
 ) -> jax.Array:
-    """The hard sparsity's value with the expected sparsity's gradient: ``e + stop_gradient(h - e)``.
+    """The expected sparsity moved by ``weight`` of its gap to the hard one: ``e + weight * stop_gradient(h - e)``.
 
-    What a constraint on the size surgery delivers differentiates. The hard
-    sparsity (:func:`hard_sparsity`) is what the multipliers should hold to
-    the target, but it is piecewise constant in ``log_alpha``; the expected
-    sparsity (:func:`expected_sparsity`) has the gradient, but on the
-    ``'dense'`` basis it also counts the weights of factors that surgery will
-    merge into a smaller dense matrix, so holding it at the target delivers
-    more sparsity than asked (0.56 for 0.5 on MiniLM). In the penalty
-    ``lambda_1 (s - t)`` this ``s`` gives the multiplier the delivered error
-    and the gates the expected sparsity's pull. Arguments as :func:`hard_sparsity`.
+    With ``weight=1`` the hard sparsity's value with the expected sparsity's
+    gradient: what a constraint on the size surgery delivers differentiates.
+    The hard sparsity (:func:`hard_sparsity`) is what the multipliers should
+    hold to the target, but it is piecewise constant in ``log_alpha``; the
+    expected sparsity (:func:`expected_sparsity`) has the gradient, but on
+    the ``'dense'`` basis it also counts the factors of projections that
+    surgery merges back into their smaller dense matrix, so held at the
+    target it delivers more sparsity than asked (0.555 for 0.5 on MiniLM).
+    In the penalty ``lambda_1 (s - t)`` this ``s`` gives the multiplier the
+    delivered error and the gates the expected sparsity's pull. A ``weight``
+    rising from 0 to 1 along the target's ramp (a run's ``prune.constraint=
+    'hard'``) starts from the expected sparsity, smooth from the open model's
+    value, where the hard one sits flat until whole projections fall below
+    their merge point. Other arguments as :func:`hard_sparsity`.
     """
     expected = expected_sparsity(params, gate, basis, reference=reference)
     hard = hard_sparsity(params, gate, basis, reference=reference)
-    return expected + jax.lax.stop_gradient(hard - expected)
+    return expected + weight * jax.lax.stop_gradient(hard - expected)
 
 
 def uniform_rank(params: Mapping[str, Any], sparsity: float, basis: str = "factors") -> tuple[int, float]:

@@ -128,16 +128,6 @@ def test_open_sparsity_needs_only_shapes():
     assert fp.open_sparsity(shapes, "dense") == pytest.approx(1 - 34 / 32)
 
 
-def test_open_hard_sparsity_counts_what_surgery_keeps_of_untrained_gates():
-    params = _params({"inp": np.zeros(5), "fac": np.zeros(2)})
-    shapes = jax.eval_shape(lambda: params)
-    assert fp.open_hard_sparsity(shapes) == 0.0
-    # dense basis: inp keeps its 5 x 4, fac's rank-2 factors (14) merge into their 4 x 3 dense kernel (12)
-    assert fp.open_hard_sparsity(shapes, "dense") == 1 - (20 + 12) / 32 == 0.0
-    wide = Net().init(jax.random.key(0), jnp.ones((1, 9)))["params"]  # inp 9 x 4: no merge anywhere
-    assert fp.open_hard_sparsity(wide, "dense") == pytest.approx(1 - (36 + 12) / (36 + 12))
-
-
 def test_straight_through_sparsity_is_hard_in_value_and_expected_in_gradient():
     params = _params({"inp": [3.0, 1.0, -0.5, -4.0, 2.0], "fac": [-2.5, -2.0]})
     for basis in ("factors", "dense"):
@@ -154,6 +144,12 @@ def test_straight_through_sparsity_is_hard_in_value_and_expected_in_gradient():
     lagrangian = {"lambda_1": jnp.float32(-2.0), "lambda_2": jnp.float32(0.0)}
     grad = jax.grad(lambda lg: fp.penalty(fp.straight_through_sparsity(params, PLAN), 0.25, lg))(lagrangian)
     assert float(grad["lambda_1"]) == pytest.approx(1 - 23 / 34 - 0.25, abs=1e-6)
+    # weight moves the value from the expected sparsity (0) to the hard one (1), the gradient staying the expected's
+    e, h = float(fp.expected_sparsity(params, PLAN)), 1 - 23 / 34
+    assert float(fp.straight_through_sparsity(params, PLAN, weight=0.0)) == pytest.approx(e, abs=1e-7)
+    assert float(fp.straight_through_sparsity(params, PLAN, weight=0.25)) == pytest.approx(e + 0.25 * (h - e), abs=1e-6)
+    got = jax.grad(lambda p: fp.straight_through_sparsity(p, PLAN, weight=0.25))(params)
+    chex.assert_trees_all_close(got, jax.grad(lambda p: fp.expected_sparsity(p, PLAN))(params), atol=1e-7)
 
 
 def test_uniform_rank_hand_computed():

@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.prune.best_tolerance = 0.02  # keep a best checkpoint only at hard sparsity >= target - this (FLOP's rule)
     c.prune.basis = "factors"  # sparsity of the gated weights ('factors') or of the dense layers they stand for
     # The sparsity the multipliers hold to the target: 'hard', what surgery delivers (the eval masks; merged
-    # layers at their dense size), its gradient the expected sparsity's; 'expected', FLOP's expected L0 sparsity.
+    # layers at their dense size), its gradient the expected sparsity's, reached from the expected sparsity along
+    # the ramp (flaxprune.straight_through_sparsity); 'expected', FLOP's expected L0 sparsity throughout.
     c.prune.constraint = "hard"
     c.prune.gate_init = "constant"  # log_alpha from prune.gate.drop_rate; 'spectral': from the SVD (warm starts)
     c.prune.gate_range = (2.5, 8.0)  # 'spectral': log_alpha of a zero and of the largest singular component

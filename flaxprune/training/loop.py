@@ -24,12 +24,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from flaxprune.lagrangian import flop_optimizer, target_schedule
+from flaxprune.lagrangian import flop_optimizer, ramp_progress, target_schedule
 from flaxprune.serialization import config_to_json
 from flaxprune.size import (
     expected_sparsity,
     hard_sparsity,
-    open_hard_sparsity,
     open_sparsity,
     prunable_params,
     report,
@@ -48,7 +47,7 @@ from flaxprune.training.config import (
 from flaxprune.training.distill import check_teacher_record, prepare_distillation, teacher_meta
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
-from flaxprune.training.preemption import Throughput, preemption_flag
+from flaxprune.training.preemption import Preemption, Throughput, preemption_flag
 from flaxprune.training.prune_method import (
     agp_target_fn,
     agp_wrapper,
@@ -187,7 +186,8 @@ def _optimizer(optim: Any, lr_fn: Callable, wrap_weights: Callable | None = None
 def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     """The target sparsity by step: a ramp from the model's start (every gate open) to ``prune.target``.
 
-    The start is the held sparsity's (``prune.constraint``) with every gate open, from the params' shapes.
+    The start needs only the params' shapes. With ``prune.constraint='hard'`` the held sparsity moves from the
+    expected one to the hard one along the same ramp, so both start at the expected sparsity of the open model.
     An unpruned run has no penalty; its target is only logged. An AGP run's target is its cubic schedule.
     """
     if uses_agp(config):
@@ -195,8 +195,7 @@ def _target_fn(config: Any, task: Any) -> Callable[[Any], Any]:
     if not config.prune.enabled:
         return target_schedule(0.0, 0)
     shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-    opened = open_sparsity if prune_constraint(config) == "expected" else open_hard_sparsity  # the held sparsity's
-    start = opened(shapes, sparsity_basis(config))
+    start = open_sparsity(shapes, sparsity_basis(config))
     return target_schedule(config.prune.target, config.prune.target_warmup, start=start)
 
 
@@ -292,6 +291,7 @@ def run_train_step(run: Run) -> Callable:
         learning_rate_fn=run.lr_fn,
         reference=run.prunable,
         constraint=prune_constraint(run.config),
+        hard_weight_fn=ramp_progress(int(run.config.prune.target_warmup)) if run.gated else None,
     )
 
 
@@ -431,7 +431,7 @@ def train(
 
 
 def _train_in(
-    run: Run, files: RunFiles, flag: dict[str, bool], on_step: Callable | None, log: Callable, progress: bool
+    run: Run, files: RunFiles, flag: Preemption, on_step: Callable | None, log: Callable, progress: bool
 ) -> dict[str, Any]:
     """The run itself, in its locked directory with the SIGTERM flag set up."""
     from flaxprune.training.finalize import finalize  # the end of a run: shrink, save, evaluate, time
@@ -483,8 +483,9 @@ def _train_in(
                     "the step recompiles for the smaller shapes")
         if _due(done, cfg.train.checkpoint_every, total):
             ckpts.save(ckpts.latest, state)
-        if flag["stop"] and done < total:
-            ckpts.save(ckpts.latest, state)
+        if flag.stop(done) and done < total:  # every host asks after every step: they stop on the same one
+            if not _due(done, cfg.train.checkpoint_every, total):  # else saved just above
+                ckpts.save(ckpts.latest, state)
             bar.close()
             ckpts.close()
             log(f"SIGTERM: saved step {done} to {ckpts.latest.directory}; rerun the same command to resume.")
@@ -494,7 +495,7 @@ def _train_in(
     # --- The end: the best params, shrunk, saved, reloaded, evaluated and timed.
     final_params, source, final_task = _final_params(run, ckpts, state, log)
     ckpts.close()
-    summary = finalize(dataclasses.replace(run, task=final_task), final_params, log=log, stop=lambda: flag["stop"])
+    summary = finalize(dataclasses.replace(run, task=final_task), final_params, log=log, stop=flag.stop)
     if summary is None:
         log("SIGTERM during the end of the run: the training is saved; rerun the same command to finish it.")
         return {"status": "preempted", "step": int(state.step)}

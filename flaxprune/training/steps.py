@@ -38,6 +38,7 @@ def make_train_step(
     reference: int | None = None,
     measure: Callable[[Any], jax.Array] | None = None,
     constraint: str = "expected",
+    hard_weight_fn: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, batch, teacher_params=None) -> (state, metrics)`` (not yet jitted).
 
@@ -63,6 +64,9 @@ def make_train_step(
         ``'hard'`` (:func:`~flaxprune.size.straight_through_sparsity`: the
         hard sparsity's value, the expected sparsity's gradient). The metrics'
         ``expected_sparsity`` is the expected one either way.
+      hard_weight_fn: with ``'hard'``, step -> how far the held value has
+        moved from the expected sparsity to the hard one (the ramp's progress,
+        :func:`~flaxprune.lagrangian.ramp_progress`); None: all the way.
 
     The metrics: ``loss``, the task's own, ``expected_sparsity``, ``target``,
     ``lambda_1``, ``lambda_2``, ``grad_norm``, ``learning_rate`` (with a
@@ -80,8 +84,11 @@ def make_train_step(
                 return loss, (loss, metrics, new_carry, s, target_fn(step))
             return loss, (loss, metrics, new_carry, zero, zero)
         s = expected_sparsity(trainable["params"], gate, basis, reference=reference)
-        held = s if constraint == "expected" else straight_through_sparsity(trainable["params"], gate, basis,
-                                                                              reference=reference)
+        if constraint == "expected":
+            held = s
+        else:
+            weight = 1.0 if hard_weight_fn is None else hard_weight_fn(step)
+            held = straight_through_sparsity(trainable["params"], gate, basis, reference=reference, weight=weight)
         t = target_fn(step)
         return loss + penalty(held, t, trainable["lagrangian"]), (loss, metrics, new_carry, s, t)
 
