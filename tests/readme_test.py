@@ -10,10 +10,11 @@ pytestmark = pytest.mark.e2e
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_example_runs(capsys):
+@pytest.mark.parametrize("marker", ["example", "nnx-example"])  # the Linen example, and the same with Flax NNX
+def test_readme_example_runs(marker, capsys):
     text = README.read_text(encoding="utf-8")
-    block = re.search(r"<!-- example:start -->\s*```python\n(.*?)```\s*<!-- example:end -->", text, re.S)
-    assert block, "README lost its example markers"
+    block = re.search(rf"<!-- {marker}:start -->\s*```python\n(.*?)```\s*<!-- {marker}:end -->", text, re.S)
+    assert block, f"README lost its {marker} markers"
     exec(compile(block.group(1), str(README), "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
     found = re.search(r"hard sparsity ([0-9.]+), params ([0-9,]+) -> ([0-9,]+)", out)
