@@ -32,11 +32,27 @@ LayerNorm's ``scale`` and ``bias``, ``nn.Embed``'s ``embedding``, a kernel
 that is not 2-D (``nn.Conv``), a tied softmax's ``bias_i`` and cluster logits.
 """
 
-from flaxprune.layers.adaptive import AdaptiveEmbedding, AdaptiveSoftmax, AdaptiveSpec, adaptive_clusters, nll
-from flaxprune.layers.adaptive_loss import adaptive_nll
+from flaxprune.layers.adaptive import (
+    AdaptiveEmbedding,
+    AdaptiveSoftmax,
+    AdaptiveSpec,
+    adaptive_clusters,
+    adaptive_embed,
+    check_adaptive_spec,
+    nll,
+)
+from flaxprune.layers.adaptive_loss import adaptive_log_probs, adaptive_nll
 from flaxprune.layers.adaptive_layout import ADAPTIVE_LAYOUT
 from flaxprune.layers.dense_layout import DENSE_LAYOUT
-from flaxprune.layers.factorized import FACTORIZED_LAYOUT, FactorizedDense, FactorizedSpec, default_rank
+from flaxprune.layers.factorized import (
+    FACTORIZED_LAYOUT,
+    FactorizedDense,
+    FactorizedSpec,
+    check_factorized_rank,
+    check_factorized_spec,
+    default_rank,
+    factorized_apply,
+)
 from flaxprune.layers.gated_kernel import (
     BLOCK_GATED_LAYOUT,
     WEIGHT_GATED_LAYOUT,
@@ -44,7 +60,7 @@ from flaxprune.layers.gated_kernel import (
     MaskedDenseSpec,
     WeightGatedDense,
 )
-from flaxprune.layers.input_gated import INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec
+from flaxprune.layers.input_gated import INPUT_GATED_LAYOUT, InputGatedDense, InputGatedSpec, input_gated_apply
 from flaxprune.layers.layout import GateGroup, LayerRow, Layout
 
 # First match wins: gated kinds before the plain dense kernel.
@@ -79,7 +95,14 @@ __all__ = [
     "WEIGHT_GATED_LAYOUT",
     "WeightGatedDense",
     "adaptive_clusters",
+    "adaptive_embed",
+    "adaptive_log_probs",
     "adaptive_nll",
+    "check_adaptive_spec",
+    "check_factorized_rank",
+    "check_factorized_spec",
     "default_rank",
+    "factorized_apply",
+    "input_gated_apply",
     "nll",
 ]

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxprune.gates import GATE_PARAM, gate_values, log_alpha_init
-from flaxprune.layers.adaptive_loss import ClusterWeights, adaptive_nll, cluster_logits
+from flaxprune.gates import GATE_PARAM, GateConfig, gate_values, log_alpha_init
+from flaxprune.layers.adaptive_loss import ClusterWeights, adaptive_log_probs, adaptive_nll
 from flaxprune.plan import Plan
 
 __all__ = [
@@ -44,6 +44,8 @@ __all__ = [
     "AdaptiveSoftmax",
     "AdaptiveSpec",
     "adaptive_clusters",
+    "adaptive_embed",
+    "check_adaptive_spec",
     "nll",
 ]
 
@@ -139,25 +141,99 @@ def _clusters(module: nn.Module) -> tuple[tuple[int, int, int], ...]:
         raise ValueError(f"{_where(module)}: {e}") from None
 
 
+def check_adaptive_spec(
+    where: str,
+    spec: Any,
+    clusters: Sequence[tuple[int, int, int]],
+    *,
+    cutoffs: Sequence[int] | None = None,
+    plan_wording: bool = True,
+) -> AdaptiveSpec:
+    """``spec`` if it can describe an adaptive layer over ``clusters``: one dim count per cluster, none too large.
+
+    Args:
+      where: the layer, as the messages name it.
+      spec: the structure to check.
+      clusters: ``((start_i, n_i, d_i), ...)`` from :func:`adaptive_clusters`.
+      cutoffs: the layer's ``cutoffs`` as the messages show them (None: the clusters' starts).
+      plan_wording: word the errors for a spec that a :class:`~flaxprune.Plan`
+        holds for a Linen module (and tell to pass shrink's plan); False: for
+        a layer's ``spec=`` argument.
+
+    Returns:
+      ``spec``.
+
+    Raises:
+      ValueError: if ``spec`` is no ``AdaptiveSpec``, has another number of
+        dims than there are clusters, or keeps more dims of a cluster than it has.
+    """
+    if cutoffs is None:
+        cutoffs = tuple(start for start, _, _ in clusters[1:])
+    if not isinstance(spec, AdaptiveSpec):
+        if plan_wording:
+            raise ValueError(f"{where}: the plan holds {spec!r}, expected an AdaptiveSpec.")
+        raise ValueError(f"{where}: spec={spec!r} must be a flaxprune.AdaptiveSpec or None.")
+    named = "the plan's AdaptiveSpec" if plan_wording else "spec"
+    if len(spec.dims) != len(clusters):
+        raise ValueError(
+            f"{where}: {named} has {len(spec.dims)} dims but cutoffs={cutoffs!r} make {len(clusters)} clusters."
+        )
+    for i, (d, (_, _, d_i)) in enumerate(zip(spec.dims, clusters)):
+        if d > d_i:
+            why = (
+                " (d_embed // div_val**(i // div_freq)); pass the plan that shrink returned with these params"
+                if plan_wording
+                else ""
+            )
+            raise ValueError(f"{where}: {named} keeps {d} dims of cluster {i}, which has {d_i}{why}.")
+    return spec
+
+
+def adaptive_embed(
+    ids: jax.Array,
+    clusters: Sequence[tuple[int, int, int]],
+    weights: Sequence[tuple[Any, Any, Any]],
+    d_proj: int,
+    dtype: Any,
+) -> jax.Array:
+    """``((E_i[t - start_i] * z_i) @ P_i) * sqrt(d_proj)`` for each token ``t`` of cluster ``i``.
+
+    Every token goes through every cluster's projection and a select keeps
+    its own: static shapes under jit, at ``sum_i d_i * d_proj`` multiply-adds
+    per token instead of boolean indexing.
+
+    Args:
+      ids: ``[...]`` integer token ids; ids outside every cluster embed to zeros.
+      clusters: ``((start_i, n_i, d_i), ...)`` from :func:`adaptive_clusters`.
+      weights: per cluster ``(embedding_i [n_i, d_i], projection_i [d_i, d_proj], mask_i [d_i])``;
+        embedding and projection None for a cluster cut to 0 dims (its tokens embed to zeros), the mask
+        None when ungated (already drawn: one per call).
+      d_proj: the output width.
+      dtype: computation dtype.
+
+    Returns:
+      ``[..., d_proj]`` embeddings.
+    """
+    out = jnp.zeros(ids.shape + (d_proj,), dtype)  # [..., d_proj]
+    for (start, n_i, _), (emb, proj, mask) in zip(clusters, weights):
+        if emb is None:
+            continue
+        local = ids - start
+        inside = (local >= 0) & (local < n_i)  # [...]
+        e = jnp.take(emb.astype(dtype), jnp.clip(local, 0, n_i - 1), axis=0)  # [..., d_i]
+        if mask is not None:
+            e = e * mask.astype(dtype)
+        y = jnp.matmul(e, proj.astype(dtype))  # [..., d_proj]
+        out = jnp.where(inside[..., None], y, out)
+    return out * jnp.asarray(math.sqrt(d_proj), dtype)
+
+
 def _spec(module: nn.Module, clusters) -> AdaptiveSpec:
     """The plan's spec at the module's path, or the defaults."""
     found = module.plan.spec(module.path)
     if found is None:
         return AdaptiveSpec(dims=tuple(d for _, _, d in clusters), gated=module.gated)
-    if not isinstance(found, AdaptiveSpec):
-        raise ValueError(f"{_where(module)}: the plan holds {found!r}, expected an AdaptiveSpec.")
-    if len(found.dims) != len(clusters):
-        raise ValueError(
-            f"{_where(module)}: the plan's AdaptiveSpec has {len(found.dims)} dims but cutoffs={module.cutoffs!r} "
-            f"make {len(clusters)} clusters."
-        )
-    for i, (d, (_, _, d_i)) in enumerate(zip(found.dims, clusters)):
-        if d > d_i:
-            raise ValueError(
-                f"{_where(module)}: the plan's AdaptiveSpec keeps {d} dims of cluster {i}, which has {d_i} "
-                "(d_embed // div_val**(i // div_freq)); pass the plan that shrink returned with these params."
-            )
-    return found
+    return check_adaptive_spec(_where(module), found, clusters, cutoffs=module.cutoffs)
 
 
 def _make_cluster_params(module: nn.Module, clusters, spec: AdaptiveSpec) -> tuple[ClusterParams, ...]:
@@ -175,6 +251,20 @@ def _make_cluster_params(module: nn.Module, clusters, spec: AdaptiveSpec) -> tup
             la = module.param(f"{GATE_PARAM}_{i}", log_alpha_init(gate.drop_rate, gate.init_std), (d_i,), jnp.float32)
         out.append((emb, proj, la))
     return tuple(out)
+
+
+def _masks(module: nn.Module, weights: Sequence[ClusterParams], gate: GateConfig, deterministic: bool | None) -> list:
+    """Per cluster the mask ``[d_i]`` (None where ungated), drawn once and sown as ``intermediates/gate_i``."""
+    if any(la is not None for _, _, la in weights):
+        deterministic = nn.merge_param("deterministic", module.deterministic, deterministic)
+    out = []
+    for i, (_, _, la) in enumerate(weights):
+        z = None
+        if la is not None:
+            z = gate_values(module, la, gate, deterministic)  # [d_i]
+            module.sow("intermediates", f"gate_{i}", z)
+        out.append(z)
+    return out
 
 
 def _dtype(module: nn.Module) -> Any:
@@ -242,26 +332,9 @@ class AdaptiveEmbedding(nn.Module):
         Returns:
           ``[..., d_proj]`` embeddings, scaled by ``sqrt(d_proj)``.
         """
-        if any(la is not None for _, _, la in self.weights):
-            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        dtype = _dtype(self)
-        out = jnp.zeros(ids.shape + (self.d_proj,), dtype)  # [..., d_proj]
-        # Every token goes through every cluster's projection and a select
-        # keeps its own: static shapes under jit, at sum_i d_i * d_proj
-        # multiply-adds per token instead of boolean indexing.
-        for i, ((start, n_i, _), (emb, proj, la)) in enumerate(zip(self.clusters, self.weights)):
-            if emb is None:
-                continue
-            local = ids - start
-            inside = (local >= 0) & (local < n_i)  # [...]
-            e = jnp.take(emb.astype(dtype), jnp.clip(local, 0, n_i - 1), axis=0)  # [..., d_i]
-            if la is not None:
-                z = gate_values(self, la, self.plan.gate, deterministic)  # [d_i]
-                self.sow("intermediates", f"gate_{i}", z)
-                e = e * z.astype(dtype)
-            y = jnp.matmul(e, proj.astype(dtype))  # [..., d_proj]
-            out = jnp.where(inside[..., None], y, out)
-        return out * jnp.asarray(math.sqrt(self.d_proj), dtype)
+        masks = _masks(self, self.weights, self.plan.gate, deterministic)
+        weights = [(emb, proj, z) for (emb, proj, _), z in zip(self.weights, masks)]
+        return adaptive_embed(ids, self.clusters, weights, self.d_proj, _dtype(self))
 
 
 class AdaptiveSoftmax(nn.Module):
@@ -354,16 +427,8 @@ class AdaptiveSoftmax(nn.Module):
         else:
             # The mask follows the owner of log_alpha, so surgery's fold stays exact.
             weights, gate = self.tied.cluster_params(), self.tied.plan.gate
-        if any(la is not None for _, _, la in weights):
-            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        out = []
-        for i, ((emb, proj, la), bias) in enumerate(zip(weights, self.biases)):
-            z = None
-            if la is not None:
-                z = gate_values(self, la, gate, deterministic)  # [d_i]
-                self.sow("intermediates", f"gate_{i}", z)
-            out.append((emb, proj, z, bias))
-        return out
+        masks = _masks(self, weights, gate, deterministic)
+        return [(emb, proj, z, bias) for (emb, proj, _), z, bias in zip(weights, masks, self.biases)]
 
     def _cluster_logits_params(self) -> tuple[Any, Any]:
         if len(self.clusters) == 1:
@@ -381,23 +446,8 @@ class AdaptiveSoftmax(nn.Module):
         Returns:
           ``[..., n_token]`` log-probabilities, normalized over the vocabulary.
         """
-        weights = self._masked_weights(deterministic)
-        dtype = _dtype(self)
-        hidden = hidden.astype(dtype)
-        logits = [cluster_logits(hidden, w, dtype) for w in weights]  # [..., n_i] each
-        # Normalizing over the vocabulary in bf16 would lose the rare tokens.
-        norm = jnp.promote_types(dtype, jnp.float32)
-        head = logits[0]
-        n_0 = head.shape[-1]
-        if len(logits) > 1:
-            kernel, bias = self._cluster_logits_params()
-            cluster = jnp.matmul(hidden, kernel.astype(dtype)) + bias.astype(dtype)
-            head = jnp.concatenate([head, cluster], axis=-1)  # [..., n_0 + n_clusters]
-        head = jax.nn.log_softmax(head.astype(norm), axis=-1)
-        pieces = [head[..., :n_0]]
-        for i, tail in enumerate(logits[1:], start=1):
-            pieces.append(head[..., n_0 + i - 1, None] + jax.nn.log_softmax(tail.astype(norm), axis=-1))
-        return jnp.concatenate(pieces, axis=-1)
+        kernel, bias = self._cluster_logits_params()
+        return adaptive_log_probs(hidden, self._masked_weights(deterministic), kernel, bias, _dtype(self))
 
     def nll(
         self, hidden: jax.Array, targets: jax.Array, deterministic: bool | None = None, chunk: int = 1024

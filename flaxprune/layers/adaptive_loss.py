@@ -1,4 +1,4 @@
-"""The adaptive softmax's loss without the full-vocabulary logits.
+"""The adaptive softmax's log-probabilities, and its loss without the full-vocabulary logits.
 
 :class:`~flaxprune.layers.adaptive.AdaptiveSoftmax` called on hidden states
 returns ``[..., n_token]`` log-probabilities: for WikiText-103's 267,735 words
@@ -21,6 +21,10 @@ memory is ``O(N * (d + n_0 + clusters) + chunk * max n_i)``.
 
 Sorting reads every token of the batch: under data-parallel sharding XLA
 gathers the flattened tokens for it (the loss is exact either way).
+
+:func:`adaptive_log_probs` is the full ``[..., n_token]`` distribution, for
+evaluation and sampling; both share :func:`cluster_logits`, and the Linen and
+NNX softmaxes call both.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ClusterWeights", "adaptive_nll", "cluster_logits", "target_clusters"]
+__all__ = ["ClusterWeights", "adaptive_log_probs", "adaptive_nll", "cluster_logits", "target_clusters"]
 
 # (embedding_i [n_i, d_i] | None, projection_i [d_i, d_proj] | None, mask_i [d_i] | None, bias_i [n_i])
 ClusterWeights = tuple[Any, Any, Any, Any]
@@ -52,6 +56,45 @@ def cluster_logits(hidden: jax.Array, weights: ClusterWeights, dtype: Any) -> ja
     if mask is not None:
         h = h * mask.astype(dtype)
     return jnp.matmul(h, emb.astype(dtype).T) + bias.astype(dtype)  # [N, n_i]
+
+
+def adaptive_log_probs(
+    hidden: jax.Array,
+    weights: Sequence[ClusterWeights],
+    cluster_kernel: jax.Array | None,
+    cluster_bias: jax.Array | None,
+    dtype: Any,
+) -> jax.Array:
+    """``[..., n_token]`` log-probabilities of every token under an adaptive softmax.
+
+    The head softmax runs over cluster 0's tokens plus one logit per tail
+    cluster (``hidden @ cluster_kernel + cluster_bias``); ``log p(t) =
+    head[t]`` in cluster 0 and ``head[n_0 + i - 1] + log_softmax(l_i)[t -
+    start_i]`` in cluster ``i``.
+
+    Args:
+      hidden: ``[..., d_proj]`` final hidden states.
+      weights: per cluster ``(embedding_i, projection_i, mask_i, bias_i)``, as in :func:`adaptive_nll`.
+      cluster_kernel, cluster_bias: ``[d_proj, clusters - 1]``, ``[clusters - 1]``; None with one cluster.
+      dtype: dtype of the matmuls; the normalization runs in at least float32.
+
+    Returns:
+      ``[..., n_token]`` log-probabilities, normalized over the vocabulary.
+    """
+    hidden = hidden.astype(dtype)
+    logits = [cluster_logits(hidden, w, dtype) for w in weights]  # [..., n_i] each
+    # Normalizing over the vocabulary in bf16 would lose the rare tokens.
+    norm = jnp.promote_types(dtype, jnp.float32)
+    head = logits[0]
+    n_0 = head.shape[-1]
+    if len(logits) > 1:
+        cluster = jnp.matmul(hidden, cluster_kernel.astype(dtype)) + cluster_bias.astype(dtype)
+        head = jnp.concatenate([head, cluster], axis=-1)  # [..., n_0 + clusters - 1]
+    head = jax.nn.log_softmax(head.astype(norm), axis=-1)
+    pieces = [head[..., :n_0]]
+    for i, tail in enumerate(logits[1:], start=1):
+        pieces.append(head[..., n_0 + i - 1, None] + jax.nn.log_softmax(tail.astype(norm), axis=-1))
+    return jnp.concatenate(pieces, axis=-1)
 
 
 def _pick(logits: jax.Array, index: jax.Array) -> jax.Array:

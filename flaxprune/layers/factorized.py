@@ -46,8 +46,11 @@ __all__ = [
     "FACTORIZED_LAYOUT",
     "FactorizedDense",
     "FactorizedSpec",
+    "check_factorized_rank",
+    "check_factorized_spec",
     "check_features",
     "default_rank",
+    "factorized_apply",
     "is_size",
 ]
 
@@ -107,6 +110,101 @@ class FactorizedSpec:
             raise ValueError("FactorizedSpec: a merged (dense) layer has no diagonal.")
 
 
+def factorized_apply(
+    x: jax.Array,
+    p: jax.Array,
+    q: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    diag: jax.Array | None = None,
+    z: jax.Array | None = None,
+    dtype: Any = None,
+    precision: Any = None,
+) -> jax.Array:
+    """``((x @ P) * diag * z) @ Q + bias``: the forward pass of every factorized layer (Linen and NNX).
+
+    Args:
+      x: ``[..., in]`` inputs.
+      p, q: ``[in, rank]`` and ``[rank, out]`` factors.
+      bias: ``[out]`` or None.
+      diag: ``[rank]`` learned diagonal or None.
+      z: gate values broadcastable against ``[..., rank]`` or None.
+      dtype: computation dtype (None: the inputs' promoted dtype, as ``nn.Dense``).
+      precision: of the matmuls.
+
+    Returns:
+      ``[..., out]``.
+    """
+    x, p, q, bias = nn.dtypes.promote_dtype(x, p, q, bias, dtype=dtype)
+    h = jnp.matmul(x, p, precision=precision)  # [..., rank]
+    if diag is not None:
+        h = h * diag.astype(h.dtype)
+    if z is not None:
+        h = h * z.astype(h.dtype)
+    y = jnp.matmul(h, q, precision=precision)  # [..., out]
+    return y if bias is None else y + bias
+
+
+_PLAN_FIX = "pass the plan that shrink returned with these params"
+
+
+def check_factorized_spec(
+    where: str, n_in: int, n_out: int, spec: Any, *, plan_wording: bool = True, fix: str | None = None
+) -> FactorizedSpec:
+    """``spec`` if it can describe a factorized ``n_in -> n_out`` layer.
+
+    Args:
+      where: the layer, as the messages name it.
+      n_in, n_out: the layer's sizes.
+      spec: the structure to check.
+      plan_wording: word the errors for a spec that a :class:`~flaxprune.Plan`
+        holds for a Linen module named by its path (the messages add the
+        sizes); False: for a layer's ``spec=`` argument, ``where`` naming its sizes.
+      fix: what the too-many-components message tells to do (None: with
+        ``plan_wording``, pass shrink's plan; without, nothing).
+
+    Returns:
+      ``spec``.
+
+    Raises:
+      ValueError: if ``spec`` is no ``FactorizedSpec`` or has more than ``min(n_in, n_out)`` components.
+    """
+    full = min(n_in, n_out)  # more components than this only add weights
+    if not isinstance(spec, FactorizedSpec):
+        if plan_wording:
+            raise ValueError(f"{where}: the plan holds {spec!r}, expected a FactorizedSpec.")
+        raise ValueError(f"{where}: spec={spec!r} must be a flaxprune.FactorizedSpec or None.")
+    if spec.rank > full:
+        if plan_wording:
+            what, sizes, fix = f"the plan's {spec!r}", f" (in={n_in}, out={n_out})", fix or _PLAN_FIX
+        else:
+            what, sizes = f"spec={spec!r}", ""
+        tail = f"; {fix}." if fix else "."
+        raise ValueError(f"{where}: {what} has more components than min(in, out) = {full}{sizes}{tail}")
+    return spec
+
+
+def check_factorized_rank(where: str, n_in: int, n_out: int, rank: Any, *, plan_wording: bool = True) -> int:
+    """``rank`` as an int if it is in ``[1, min(n_in, n_out)]``.
+
+    Args:
+      where, n_in, n_out, plan_wording: as in :func:`check_factorized_spec`
+        (``plan_wording`` adds the sizes to the message).
+      rank: the number of components asked for.
+
+    Raises:
+      ValueError: naming the range and the default rank.
+    """
+    full = min(n_in, n_out)
+    if not (is_size(rank) and rank <= full):
+        sizes = f" (in={n_in}, out={n_out})" if plan_wording else ""
+        raise ValueError(
+            f"{where}: rank={rank!r} must be an int in [1, min(in, out)] = [1, {full}]{sizes}; rank=None gives "
+            f"in*out // (in+out) = {default_rank(n_in, n_out)}, as many weights as the dense matrix."
+        )
+    return int(rank)
+
+
 class FactorizedDense(nn.Module):
     """A dense layer factorized as ``P diag(z) Q`` with hard-concrete gates ``z``.
 
@@ -155,28 +253,15 @@ class FactorizedDense(nn.Module):
         """
         where = f"FactorizedDense at '{'/'.join(self.path)}'"
         check_features(where, self.features)
-        full = min(in_features, self.features)  # more components than this only add weights
         found = self.plan.spec(self.path)
         if found is not None:
-            if not isinstance(found, FactorizedSpec):
-                raise ValueError(f"{where}: the plan holds {found!r}, expected a FactorizedSpec.")
-            if found.rank > full:
-                raise ValueError(
-                    f"{where}: the plan's {found!r} has more components than min(in, out) = {full} "
-                    f"(in={in_features}, out={self.features}); pass the plan that shrink returned with these params."
-                )
-            return found
+            return check_factorized_spec(where, in_features, self.features, found)
         if self.rank is None:
             return FactorizedSpec(
                 rank=default_rank(in_features, self.features), gated=self.gated, diagonal=self.diagonal
             )
-        if not (is_size(self.rank) and self.rank <= full):
-            raise ValueError(
-                f"{where}: rank={self.rank!r} must be an int in [1, min(in, out)] = [1, {full}] "
-                f"(in={in_features}, out={self.features}); rank=None gives in*out // (in+out) = "
-                f"{default_rank(in_features, self.features)}, as many weights as the dense matrix."
-            )
-        return FactorizedSpec(rank=int(self.rank), gated=self.gated, diagonal=self.diagonal)
+        rank = check_factorized_rank(where, in_features, self.features, self.rank)
+        return FactorizedSpec(rank=rank, gated=self.gated, diagonal=self.diagonal)
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -187,38 +272,34 @@ class FactorizedDense(nn.Module):
             kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
             x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
             y = jnp.matmul(x, kernel, precision=self.precision)
-        elif spec.rank == 0:
+            return y if bias is None else y + bias
+        if spec.rank == 0:
             dtype = self.dtype or jnp.result_type(x, self.param_dtype)
             y = jnp.zeros(x.shape[:-1] + (self.features,), dtype)
-            bias = None if bias is None else bias.astype(dtype)
-        else:
-            p = self.param("P", self.kernel_init, (in_features, spec.rank), self.param_dtype)
-            q = self.param("Q", self.kernel_init, (spec.rank, self.features), self.param_dtype)
-            x, p, q, bias = nn.dtypes.promote_dtype(x, p, q, bias, dtype=self.dtype)
-            h = jnp.matmul(x, p, precision=self.precision)  # [..., rank]
-            if spec.diagonal:
-                diag = self.param(DIAGONAL_PARAM, nn.initializers.ones_init(), (spec.rank,), self.param_dtype)
-                h = h * diag.astype(h.dtype)
-            if spec.gated:
-                deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-                log_alpha = self.param(
-                    GATE_PARAM,
-                    log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std),
-                    (spec.rank,),
-                    jnp.float32,
-                )
-                h = h * _gates(self, log_alpha, deterministic, h).astype(h.dtype)
-            y = jnp.matmul(h, q, precision=self.precision)
-        if bias is not None:
-            y = y + bias
-        return y
+            return y if bias is None else y + bias.astype(dtype)
+        # Params in this order: Linen's init keys follow the order of creation.
+        p = self.param("P", self.kernel_init, (in_features, spec.rank), self.param_dtype)
+        q = self.param("Q", self.kernel_init, (spec.rank, self.features), self.param_dtype)
+        diag = z = None
+        if spec.diagonal:
+            diag = self.param(DIAGONAL_PARAM, nn.initializers.ones_init(), (spec.rank,), self.param_dtype)
+        if spec.gated:
+            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+            log_alpha = self.param(
+                GATE_PARAM,
+                log_alpha_init(self.plan.gate.drop_rate, self.plan.gate.init_std),
+                (spec.rank,),
+                jnp.float32,
+            )
+            z = _gates(self, log_alpha, deterministic, x)
+        return factorized_apply(x, p, q, bias, diag=diag, z=z, dtype=self.dtype, precision=self.precision)
 
 
-def _gates(module: nn.Module, log_alpha: jax.Array, deterministic: bool, h: jax.Array) -> jax.Array:
-    """Gate values broadcastable against ``h: [..., n]``."""
-    if module.per_example_gates and not deterministic and h.ndim > 1:
-        z = gate_values(module, log_alpha, module.plan.gate, deterministic, (h.shape[0],))  # [batch, n]
-        return z.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + log_alpha.shape)
+def _gates(module: nn.Module, log_alpha: jax.Array, deterministic: bool, x: jax.Array) -> jax.Array:
+    """Gate values broadcastable against ``[..., n]`` for inputs ``x: [..., in]``."""
+    if module.per_example_gates and not deterministic and x.ndim > 1:
+        z = gate_values(module, log_alpha, module.plan.gate, deterministic, (x.shape[0],))  # [batch, n]
+        return z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + log_alpha.shape)
     return gate_values(module, log_alpha, module.plan.gate, deterministic)
 
 

@@ -35,7 +35,7 @@ from flaxprune.layers.layout import (
 )
 from flaxprune.plan import Plan
 
-__all__ = ["INPUT_GATED_LAYOUT", "InputGatedDense", "InputGatedSpec", "compose_keep"]
+__all__ = ["INPUT_GATED_LAYOUT", "InputGatedDense", "InputGatedSpec", "compose_keep", "input_gated_apply"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,35 @@ class InputGatedSpec:
             if list(keep) != sorted(set(keep)) or (keep and keep[0] < 0):
                 raise ValueError(f"InputGatedSpec: keep={self.keep!r} must be sorted, unique, non-negative indices.")
             object.__setattr__(self, "keep", keep)
+
+
+def input_gated_apply(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    z: jax.Array | None = None,
+    dtype: Any = None,
+    precision: Any = None,
+) -> jax.Array:
+    """``(x * z) @ kernel + bias``: the forward pass of every input-gated layer (Linen and NNX).
+
+    Args:
+      x: ``[..., n_in]`` inputs (already the kept features).
+      kernel: ``[n_in, out]``.
+      bias: ``[out]`` or None.
+      z: gate values broadcastable against ``x``, or None.
+      dtype: computation dtype (None: the inputs' promoted dtype, as ``nn.Dense``).
+      precision: of the matmul.
+
+    Returns:
+      ``[..., out]``.
+    """
+    if z is not None:
+        x = x * z.astype(x.dtype)  # gated in the input's dtype, before the promotion
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    y = jnp.matmul(x, kernel, precision=precision)
+    return y if bias is None else y + bias
 
 
 class InputGatedDense(nn.Module):
@@ -111,6 +140,7 @@ class InputGatedDense(nn.Module):
             y = jnp.zeros(x.shape[:-1] + (self.features,), dtype)
             return y if bias is None else y + bias.astype(dtype)
         kernel = self.param("kernel", self.kernel_init, (n_in, self.features), self.param_dtype)
+        z = None
         if spec.gated:
             deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
             log_alpha = self.param(
@@ -121,10 +151,7 @@ class InputGatedDense(nn.Module):
                 z = z.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (n_in,))
             else:
                 z = gate_values(self, log_alpha, self.plan.gate, deterministic)
-            x = x * z.astype(x.dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jnp.matmul(x, kernel, precision=self.precision)
-        return y if bias is None else y + bias
+        return input_gated_apply(x, kernel, bias, z=z, dtype=self.dtype, precision=self.precision)
 
 
 # --- layouts -------------------------------------------------------------------

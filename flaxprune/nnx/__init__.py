@@ -10,8 +10,11 @@ Why native modules rather than ``nnx.bridge.ToNNX`` around the Linen layers:
 
 * **One formula, one name for each param.** The layers call the pure
   functions the Linen layers call (:func:`flaxprune.gates.sample` and
-  :func:`~flaxprune.gates.deterministic_mask`, ``cluster_logits`` /
-  ``adaptive_nll``, ``adaptive_clusters``, the spec dataclasses) and hold
+  :func:`~flaxprune.gates.deterministic_mask`; from :mod:`flaxprune.layers`
+  the forward math ``factorized_apply``, ``input_gated_apply``,
+  ``adaptive_embed``, ``adaptive_log_probs`` and ``adaptive_nll``, the spec
+  checks ``check_factorized_spec`` / ``check_adaptive_spec``,
+  ``adaptive_clusters`` and the spec dataclasses) and hold
   their params under the Linen names (``P``, ``Q``, ``bias``, ``log_alpha``,
   ``embedding_0``, ...), so ``nnx.to_pure_dict(nnx.state(model, nnx.Param))`` is
   a params tree that :mod:`flaxprune.size`, :func:`flaxprune.shrink` and the
@@ -32,17 +35,16 @@ Why native modules rather than ``nnx.bridge.ToNNX`` around the Linen layers:
   through it. With a bridge, shrinking means building a new Linen module
   from a new plan for every wrapper and initialising it again.
 
-What is duplicated is a few lines of forward math per layer (the matmuls of
-``factorized_apply``, ``input_gated_apply``, the embedding's per-cluster
-select and ``adaptive_log_probs``), each a pure function, checked against the
-Linen layer to 1e-6 in ``tests/nnx``. A tied softmax takes its embedding per
-call (``embedding=``) instead of holding it: see :mod:`flaxprune.nnx.adaptive`.
+What the layers add to those functions is NNX's: params as attributes, the
+gate streams, the modes. A tied softmax takes its embedding per call
+(``embedding=``) instead of holding it: see :mod:`flaxprune.nnx.adaptive`.
 """
 
-from flaxprune.nnx.adaptive import AdaptiveEmbedding, AdaptiveSoftmax, adaptive_log_probs
+from flaxprune.layers import adaptive_log_probs, factorized_apply, input_gated_apply
+from flaxprune.nnx.adaptive import AdaptiveEmbedding, AdaptiveSoftmax
 from flaxprune.nnx.base import GATES_RNG, GatedLayer
-from flaxprune.nnx.factorized import FactorizedDense, factorized_apply
-from flaxprune.nnx.input_gated import InputGatedDense, input_gated_apply
+from flaxprune.nnx.factorized import FactorizedDense
+from flaxprune.nnx.input_gated import InputGatedDense
 from flaxprune.nnx.size import (
     expected_params,
     expected_sparsity,

@@ -11,9 +11,11 @@ al.'s adaptive softmax, in Transformer-XL's projected form; FLOP, Wang et al.,
 Params per cluster ``i``, named as in Linen: ``embedding_{i}: [n_i, d_i]``,
 ``projection_{i}: [d_i, d_proj]``, ``log_alpha_{i}: [d_i]``; a softmax adds
 ``bias_{i}: [n_i]`` and, with tail clusters, ``cluster_kernel: [d_proj,
-clusters - 1]`` and ``cluster_bias``. The cluster logits and the loss are
-:func:`flaxprune.layers.adaptive_loss.cluster_logits` and
-:func:`~flaxprune.layers.adaptive_nll`, the Linen layer's own functions.
+clusters - 1]`` and ``cluster_bias``. The forward math and the spec check
+are the Linen layers' own functions: :func:`flaxprune.layers.adaptive_embed`,
+:func:`~flaxprune.layers.adaptive_log_probs`,
+:func:`~flaxprune.layers.adaptive_nll` and
+:func:`~flaxprune.layers.check_adaptive_spec`.
 
 Tying: a tied softmax does not hold the embedding; it takes it per call
 (``softmax(h, embedding=self.embed)``). Holding it would make the embedding's
@@ -24,7 +26,6 @@ the softmax's node would then hold a submodule no layout knows, and tree mode
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,40 +35,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxprune.gates import DEFAULT_GATE, GATE_PARAM, GateConfig, log_alpha_init
-from flaxprune.layers.adaptive import AdaptiveSpec, adaptive_clusters
-from flaxprune.layers.adaptive_loss import ClusterWeights, adaptive_nll, cluster_logits
+from flaxprune.layers.adaptive import AdaptiveSpec, adaptive_clusters, adaptive_embed, check_adaptive_spec
+from flaxprune.layers.adaptive_loss import ClusterWeights, adaptive_log_probs, adaptive_nll
 from flaxprune.nnx.base import GatedLayer, KeySource, check_gate, check_rngs, check_size, gate_stream
 
-__all__ = ["AdaptiveEmbedding", "AdaptiveSoftmax", "adaptive_log_probs"]
+__all__ = ["AdaptiveEmbedding", "AdaptiveSoftmax"]
 
 default_embedding_init = nn.initializers.normal(stddev=0.02)
 default_projection_init = nn.initializers.lecun_normal()
 
 _SHAPE_FIELDS = ("n_token", "d_embed", "d_proj", "cutoffs", "div_val", "div_freq")
-
-
-def adaptive_log_probs(
-    hidden: jax.Array, weights: Sequence[ClusterWeights], cluster_kernel: Any, cluster_bias: Any, dtype: Any
-) -> jax.Array:
-    """``[..., n_token]`` log-probabilities from per-cluster ``(embedding, projection, mask, bias)``.
-
-    The head softmax runs over cluster 0's tokens plus one logit per tail
-    cluster (from ``hidden @ cluster_kernel + cluster_bias``); normalization
-    is in at least float32, as in the Linen layer.
-    """
-    hidden = hidden.astype(dtype)
-    logits = [cluster_logits(hidden, w, dtype) for w in weights]  # [..., n_i] each
-    norm = jnp.promote_types(dtype, jnp.float32)  # bf16 would lose the rare tokens
-    head = logits[0]
-    n_0 = head.shape[-1]
-    if len(logits) > 1:
-        cluster = jnp.matmul(hidden, cluster_kernel.astype(dtype)) + cluster_bias.astype(dtype)
-        head = jnp.concatenate([head, cluster], axis=-1)  # [..., n_0 + n_clusters - 1]
-    head = jax.nn.log_softmax(head.astype(norm), axis=-1)
-    pieces = [head[..., :n_0]]
-    for i, tail in enumerate(logits[1:], start=1):
-        pieces.append(head[..., n_0 + i - 1, None] + jax.nn.log_softmax(tail.astype(norm), axis=-1))
-    return jnp.concatenate(pieces, axis=-1)
 
 
 class _Adaptive(GatedLayer):
@@ -89,17 +66,7 @@ class _Adaptive(GatedLayer):
         return f"{type(self).__name__}(n_token={self.n_token}, d_proj={self.d_proj})"
 
     def check_spec(self, spec: Any) -> AdaptiveSpec:
-        if not isinstance(spec, AdaptiveSpec):
-            raise ValueError(f"{self.where()}: spec={spec!r} must be a flaxprune.AdaptiveSpec or None.")
-        if len(spec.dims) != len(self.clusters):
-            raise ValueError(
-                f"{self.where()}: spec has {len(spec.dims)} dims but cutoffs={self.cutoffs!r} make "
-                f"{len(self.clusters)} clusters."
-            )
-        for i, (d, (_, _, d_i)) in enumerate(zip(spec.dims, self.clusters)):
-            if d > d_i:
-                raise ValueError(f"{self.where()}: spec keeps {d} dims of cluster {i}, which has {d_i}.")
-        return spec
+        return check_adaptive_spec(self.where(), spec, self.clusters, plan_wording=False)
 
     def weight_names(self, spec: AdaptiveSpec) -> dict[str, tuple[int, ...]]:
         out = {}
@@ -195,20 +162,11 @@ class AdaptiveEmbedding(_Adaptive):
         weights = self.cluster_params()
         if any(la is not None for _, _, la in weights):
             deterministic = self.is_deterministic(deterministic)
-        dtype = self.compute_dtype()
-        out = jnp.zeros(ids.shape + (self.d_proj,), dtype)  # [..., d_proj]
-        # Every token goes through every cluster's projection and a select keeps its own: static shapes.
-        for i, ((start, n_i, _), (emb, proj, la)) in enumerate(zip(self.clusters, weights)):
-            if emb is None:
-                continue
-            local = ids - start
-            inside = (local >= 0) & (local < n_i)  # [...]
-            e = jnp.take(emb.astype(dtype), jnp.clip(local, 0, n_i - 1), axis=0)  # [..., d_i]
-            if la is not None:
-                e = e * self.gate_mask(la, deterministic, rngs, index=i).astype(dtype)
-            y = jnp.matmul(e, proj.astype(dtype))  # [..., d_proj]
-            out = jnp.where(inside[..., None], y, out)
-        return out * jnp.asarray(math.sqrt(self.d_proj), dtype)
+        masked = [
+            (emb, proj, None if la is None else self.gate_mask(la, deterministic, rngs, index=i))
+            for i, (emb, proj, la) in enumerate(weights)
+        ]
+        return adaptive_embed(ids, self.clusters, masked, self.d_proj, self.compute_dtype())
 
 
 class AdaptiveSoftmax(_Adaptive):

@@ -20,47 +20,21 @@ from flax import nnx
 from flax.linen.dtypes import promote_dtype
 
 from flaxprune.gates import DEFAULT_GATE, GATE_PARAM, GateConfig, log_alpha_init
-from flaxprune.layers.factorized import DIAGONAL_PARAM, FactorizedSpec, default_rank, is_size
+from flaxprune.layers.factorized import (
+    DIAGONAL_PARAM,
+    FactorizedSpec,
+    check_factorized_rank,
+    check_factorized_spec,
+    default_rank,
+    factorized_apply,
+)
 from flaxprune.nnx.base import GatedLayer, KeySource, check_gate, check_rngs, check_size, gate_stream
 
-__all__ = ["FactorizedDense", "factorized_apply", "factorized_spec"]
+__all__ = ["FactorizedDense", "factorized_spec"]
 
 default_kernel_init = nn.initializers.lecun_normal()
 
-
-def factorized_apply(
-    x: jax.Array,
-    p: jax.Array,
-    q: jax.Array,
-    bias: jax.Array | None = None,
-    *,
-    diag: jax.Array | None = None,
-    z: jax.Array | None = None,
-    dtype: Any = None,
-    precision: Any = None,
-) -> jax.Array:
-    """``((x @ P) * diag * z) @ Q + bias``, promoted to one dtype as the Linen layer does.
-
-    Args:
-      x: ``[..., in]`` inputs.
-      p, q: ``[in, rank]`` and ``[rank, out]`` factors.
-      bias: ``[out]`` or None.
-      diag: ``[rank]`` learned diagonal or None.
-      z: gate values broadcastable against ``[..., rank]`` or None.
-      dtype: computation dtype (None: the inputs' promoted dtype).
-      precision: of the matmuls.
-
-    Returns:
-      ``[..., out]``.
-    """
-    x, p, q, bias = promote_dtype(x, p, q, bias, dtype=dtype)
-    h = jnp.matmul(x, p, precision=precision)  # [..., rank]
-    if diag is not None:
-        h = h * diag.astype(h.dtype)
-    if z is not None:
-        h = h * z.astype(h.dtype)
-    y = jnp.matmul(h, q, precision=precision)
-    return y if bias is None else y + bias
+_SPEC_FIX = "pass the spec that shrink gave this layer (flaxprune.nnx.plan_of(model).spec(path))"
 
 
 def factorized_spec(
@@ -72,24 +46,12 @@ def factorized_spec(
       ValueError: if ``spec`` is no ``FactorizedSpec`` or has more than
         ``min(in, out)`` components, or ``rank`` is not in ``[1, min(in, out)]``.
     """
-    full = min(in_features, out_features)  # more components than this only add weights
     if spec is not None:
-        if not isinstance(spec, FactorizedSpec):
-            raise ValueError(f"{where}: spec={spec!r} must be a flaxprune.FactorizedSpec or None.")
-        if spec.rank > full:
-            raise ValueError(
-                f"{where}: spec={spec!r} has more components than min(in, out) = {full}; pass the spec that "
-                "shrink gave this layer (flaxprune.nnx.plan_of(model).spec(path))."
-            )
-        return spec
+        return check_factorized_spec(where, in_features, out_features, spec, plan_wording=False, fix=_SPEC_FIX)
     if rank is None:
         return FactorizedSpec(rank=default_rank(in_features, out_features), gated=gated, diagonal=diagonal)
-    if not (is_size(rank) and rank <= full):
-        raise ValueError(
-            f"{where}: rank={rank!r} must be an int in [1, min(in, out)] = [1, {full}]; rank=None gives "
-            f"in*out // (in+out) = {default_rank(in_features, out_features)}, as many weights as the dense matrix."
-        )
-    return FactorizedSpec(rank=int(rank), gated=gated, diagonal=diagonal)
+    rank = check_factorized_rank(where, in_features, out_features, rank, plan_wording=False)
+    return FactorizedSpec(rank=rank, gated=gated, diagonal=diagonal)
 
 
 class FactorizedDense(GatedLayer):

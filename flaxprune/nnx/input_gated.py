@@ -16,38 +16,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.linen.dtypes import promote_dtype
 
 from flaxprune.gates import DEFAULT_GATE, GATE_PARAM, GateConfig, log_alpha_init
-from flaxprune.layers.input_gated import InputGatedSpec
+from flaxprune.layers.input_gated import InputGatedSpec, input_gated_apply
 from flaxprune.nnx.base import GatedLayer, KeySource, check_gate, check_rngs, check_size, gate_stream
 
-__all__ = ["InputGatedDense", "input_gated_apply"]
-
-
-def input_gated_apply(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None = None,
-    *,
-    z: jax.Array | None = None,
-    dtype: Any = None,
-    precision: Any = None,
-) -> jax.Array:
-    """``(x * z) @ kernel + bias`` with the Linen layer's dtype promotion.
-
-    Args:
-      x: ``[..., n_in]`` inputs (already the kept features).
-      kernel: ``[n_in, out]``.
-      bias: ``[out]`` or None.
-      z: gate values broadcastable against ``x``, or None.
-      dtype, precision: as in the layer.
-    """
-    if z is not None:
-        x = x * z.astype(x.dtype)
-    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
-    y = jnp.matmul(x, kernel, precision=precision)
-    return y if bias is None else y + bias
+__all__ = ["InputGatedDense"]
 
 
 class InputGatedDense(GatedLayer):
