@@ -18,6 +18,10 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 def pytest_configure(config):
     config.addinivalue_line(
+        "markers",
+        "multihost: two processes on localhost (jax.distributed, gloo); skipped where localhost sockets are refused",
+    )
+    config.addinivalue_line(
         "markers", "e2e: end-to-end (a training run, a built wheel, a script); skipped by make test-fast"
     )
 

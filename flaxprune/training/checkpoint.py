@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from flaxprune.models import CONFIG_CLASSES, model_for
 from flaxprune.serialization import config_from_json, config_to_json
@@ -266,8 +267,10 @@ class CheckpointStore:
         while target.exists():
             n += 1
             target = self.directory / f"{step}.damaged.{n}"
+        _all_processes_here("flaxprune set_aside: named")  # every process names it before one renames it
         if jax.process_index() == 0:
             source.rename(target)
+        _all_processes_here("flaxprune set_aside: renamed")
         self._manager.reload()
         return target
 
@@ -408,14 +411,29 @@ def save_reduced(directory: str | pathlib.Path, params: Any, config: Any, overwr
     """
     directory = pathlib.Path(directory).absolute()
     check_output(directory, overwrite)
+    primary = jax.process_index() == 0  # with several processes every one writes the checkpoint, one moves files
     target = directory
     if directory.exists() and any(directory.iterdir()):  # an earlier reduced model: write beside it, then swap
         target = directory.with_name(f"{directory.name}.new")
-        if target.exists() and (is_reduced_model(target) or is_interrupted_write(target)):
+        if primary and target.exists() and (is_reduced_model(target) or is_interrupted_write(target)):
             shutil.rmtree(target)  # our own leftover from an interrupted overwrite
+    _all_processes_here("flaxprune save_reduced: checked")  # no process looks at the folder once one writes
     store = CheckpointStore(target, keep=1)
     store.save(0, jax.device_get(params), {"model_config": config_to_json(config)})
     store.close()
+    if primary:
+        _mark_and_swap(directory, target)
+    _all_processes_here("flaxprune save_reduced: done")  # none returns (and reloads it) before it is in place
+
+
+def _all_processes_here(name: str) -> None:
+    """Waits until every process reaches ``name`` (nothing to wait for in a single process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _mark_and_swap(directory: pathlib.Path, target: pathlib.Path) -> None:
+    """Marks the reduced model just written to ``target``; puts it in place of an earlier one at ``directory``."""
     (target / REDUCED_MARKER).write_text(json.dumps({"kind": REDUCED_KIND}), encoding="utf-8")
     if target != directory:
         old = directory.with_name(f"{directory.name}.old")

@@ -47,7 +47,7 @@ from flaxprune.training.config import (
 from flaxprune.training.distill import check_teacher_record, prepare_distillation, teacher_meta
 from flaxprune.training.init_from import load_initial_params
 from flaxprune.training.metrics import MetricsWriter, to_python
-from flaxprune.training.preemption import Throughput, preemption_flag
+from flaxprune.training.preemption import Preemption, Throughput, preemption_flag
 from flaxprune.training.prune_method import (
     agp_target_fn,
     agp_wrapper,
@@ -431,7 +431,7 @@ def train(
 
 
 def _train_in(
-    run: Run, files: RunFiles, flag: dict[str, bool], on_step: Callable | None, log: Callable, progress: bool
+    run: Run, files: RunFiles, flag: Preemption, on_step: Callable | None, log: Callable, progress: bool
 ) -> dict[str, Any]:
     """The run itself, in its locked directory with the SIGTERM flag set up."""
     from flaxprune.training.finalize import finalize  # the end of a run: shrink, save, evaluate, time
@@ -483,8 +483,9 @@ def _train_in(
                     "the step recompiles for the smaller shapes")
         if _due(done, cfg.train.checkpoint_every, total):
             ckpts.save(ckpts.latest, state)
-        if flag["stop"] and done < total:
-            ckpts.save(ckpts.latest, state)
+        if flag.stop(done) and done < total:  # every host asks after every step: they stop on the same one
+            if not _due(done, cfg.train.checkpoint_every, total):  # else saved just above
+                ckpts.save(ckpts.latest, state)
             bar.close()
             ckpts.close()
             log(f"SIGTERM: saved step {done} to {ckpts.latest.directory}; rerun the same command to resume.")
@@ -494,7 +495,7 @@ def _train_in(
     # --- The end: the best params, shrunk, saved, reloaded, evaluated and timed.
     final_params, source, final_task = _final_params(run, ckpts, state, log)
     ckpts.close()
-    summary = finalize(dataclasses.replace(run, task=final_task), final_params, log=log, stop=lambda: flag["stop"])
+    summary = finalize(dataclasses.replace(run, task=final_task), final_params, log=log, stop=flag.stop)
     if summary is None:
         log("SIGTERM during the end of the run: the training is saved; rerun the same command to finish it.")
         return {"status": "preempted", "step": int(state.step)}
