@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxprune.models import MODELS, model_for
+from flaxprune.output_folder import check_output_folder
 from flaxprune.serialization import config_to_json
 from flaxprune.size import report, total_params
 
@@ -172,25 +173,7 @@ def check_export_output(directory: str | pathlib.Path, overwrite: bool = False) 
     Raises:
       FileExistsError: naming the folder, what is there, and what is accepted.
     """
-    directory = pathlib.Path(directory).absolute()
-    if not directory.exists():
-        return
-    if not directory.is_dir():
-        raise FileExistsError(f"output {directory} is a file; an export is written to a new or empty folder.")
-    entries = sorted(p.name for p in directory.iterdir())
-    if not entries:
-        return
-    if not is_export(directory):
-        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-        raise FileExistsError(
-            f"output {directory} is not empty ({shown}) and is not a flaxprune export: nothing was written. "
-            "Choose a new or empty folder."
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"output {directory} already holds an export: nothing was written. Pass --overwrite "
-            "(overwrite=True) to replace it, or choose a new folder."
-        )
+    check_output_folder(directory, overwrite, what="an export", is_ours=is_export)
 
 
 def _remove_export(directory: pathlib.Path) -> None:

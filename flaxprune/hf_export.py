@@ -49,6 +49,7 @@ from flaxprune.hf_format import (
 )
 from flaxprune.layers.factorized import DIAGONAL_PARAM, FactorizedSpec
 from flaxprune.models.bert import BertClassifier, BertConfig
+from flaxprune.output_folder import check_output_folder
 
 # The format's names (flaxprune.hf_format) stay importable from here, where users and the README find them.
 __all__ = [
@@ -67,21 +68,7 @@ def check_hf_output(directory: str | pathlib.Path, overwrite: bool = False) -> N
     Raises:
       FileExistsError: naming the folder, what is there, and what is accepted.
     """
-    directory = pathlib.Path(directory).absolute()
-    if not directory.exists():
-        return
-    if not directory.is_dir():
-        raise FileExistsError(f"output {directory} is a file; an HF export is written to a new or empty folder.")
-    entries = sorted(p.name for p in directory.iterdir())
-    if not entries:
-        return
-    if not is_hf_export(directory):
-        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-        raise FileExistsError(f"output {directory} is not empty ({shown}) and is not a flaxprune HF export: "
-                              "nothing was written. Choose a new or empty folder.")
-    if not overwrite:
-        raise FileExistsError(f"output {directory} already holds an HF export: nothing was written. Pass "
-                              "--overwrite (overwrite=True) to replace it, or choose a new folder.")
+    check_output_folder(directory, overwrite, what="an HF export", is_ours=is_hf_export)
 
 
 def _remove_ours(directory: pathlib.Path) -> None:

@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from flaxprune.models import CONFIG_CLASSES, model_for
+from flaxprune.output_folder import check_output_folder
 from flaxprune.serialization import config_from_json, config_to_json
 
 __all__ = [
@@ -377,27 +378,10 @@ def check_output(directory: str | pathlib.Path, overwrite: bool = False) -> None
     Raises:
       FileExistsError: naming the folder, what is there, and what is accepted.
     """
-    directory = pathlib.Path(directory).absolute()
-    if not directory.exists():
-        return
-    if not directory.is_dir():
-        raise FileExistsError(f"output {directory} is a file; a reduced model is written to a new or empty folder.")
-    entries = sorted(p.name for p in directory.iterdir())
-    if not entries:
-        return
-    if overwrite and is_interrupted_write(directory):
-        return  # a reduced model whose save was killed midway: the run rewrites its own
-    if not is_reduced_model(directory):
-        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-        raise FileExistsError(
-            f"output {directory} is not empty ({shown}) and is not a flaxprune reduced model: nothing was written. "
-            "Choose a new or empty folder."
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"output {directory} already holds a reduced model: nothing was written. Pass --overwrite "
-            "(overwrite=True) to replace it, or choose a new folder."
-        )
+    # rewritable: a reduced model whose save was killed midway, which the run rewrites as its own
+    check_output_folder(
+        directory, overwrite, what="a reduced model", is_ours=is_reduced_model, rewritable=is_interrupted_write
+    )
 
 
 def save_reduced(directory: str | pathlib.Path, params: Any, config: Any, overwrite: bool = False) -> None:

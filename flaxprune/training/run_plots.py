@@ -119,10 +119,15 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: pathlib.Path) -> pathlib.Path:
+def _save(plt: Any, fig: Any, path: pathlib.Path) -> pathlib.Path:
+    """Lays ``fig`` out, writes it to ``path`` (a reader never sees half a file) and closes it."""
+    fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)  # a reader never sees half a file
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -148,11 +153,7 @@ def plot_training(path: pathlib.Path, metrics: Mapping[str, Mapping[str, np.ndar
         else:
             ax.text(0.5, 0.5, "nothing logged yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
 
 
 def plot_sparsity(path: pathlib.Path, train: Mapping[str, np.ndarray], title: str) -> pathlib.Path:
@@ -176,11 +177,7 @@ def plot_sparsity(path: pathlib.Path, train: Mapping[str, np.ndarray], title: st
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
 
 
 def plot_ranks(path: pathlib.Path, rows: Sequence[Any], title: str) -> pathlib.Path:
@@ -202,11 +199,7 @@ def plot_ranks(path: pathlib.Path, rows: Sequence[Any], title: str) -> pathlib.P
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
     fig.colorbar(image, ax=ax, label="kept / starting rank")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(plt, fig, path)
 
 
 def plot_run(workdir: str | pathlib.Path, rows: Sequence[Any] | None = None) -> list[pathlib.Path]:
