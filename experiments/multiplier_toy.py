@@ -41,8 +41,16 @@ class Toy(nn.Module):
         return fp.FactorizedDense(N, rank=N, use_bias=False, plan=PLAN, name="W")(x, deterministic)
 
 
-def run(target: float, scale: float, lambda_lr: float | None, steps: int, warmup: int) -> dict[str, np.ndarray]:
-    """Trajectories of one toy run; ``lambda_lr`` None: the PI controller, else Adam ascent at that rate."""
+def run(
+    target: float,
+    scale: float,
+    lambda_lr: float | None,
+    steps: int,
+    warmup: int,
+    control: fp.SparsityController | None = None,
+) -> dict[str, np.ndarray]:
+    """Trajectories of one toy run; ``lambda_lr`` None: the controller (``control``: its settings, None: the
+    defaults), else Adam ascent at that rate."""
     keys = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(keys[0], (BATCH, N))
     u, _ = jnp.linalg.qr(jax.random.normal(keys[1], (N, N)))
@@ -50,7 +58,7 @@ def run(target: float, scale: float, lambda_lr: float | None, steps: int, warmup
     y = x @ ((u * jnp.exp(-jnp.arange(N) / 24.0)) @ v.T)
     model = Toy()
     trainable = {"params": model.init(jax.random.key(1), x, True)["params"], "lagrangian": fp.init_multipliers()}
-    tx = fp.flop_optimizer(1e-2, 1e-1, lambda_lr)
+    tx = fp.flop_optimizer(1e-2, 1e-1, lambda_lr, multiplier_control=control)
     target_fn = fp.target_schedule(target, warmup)
 
     def loss_fn(tr, i):

@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.prune.enabled = True  # False: the unpruned baseline (same model, no gates)
     c.prune.target = 0.5  # target sparsity of the prunable weights
     c.prune.target_warmup = 800  # steps over which the target rises from 0
-    c.prune.best_tolerance = 0.02  # keep a best checkpoint only at hard sparsity >= target - this (FLOP's rule)
+    c.prune.best_tolerance = 0.01  # keep a best checkpoint only at a hard sparsity within this of the target
     c.prune.basis = "factors"  # sparsity of the gated weights ('factors') or of the dense layers they stand for
     # The sparsity the multipliers hold to the target: 'hard', what surgery delivers (the eval masks; merged
     # layers at their dense size), its gradient the expected sparsity's, reached from the expected sparsity along
