@@ -95,7 +95,7 @@ class SparsityController:
         change, in [0, 1).
       scale: the multiplier's size at ``|u| ~ 1``, where the law turns from
         linear to exponential (> 0).
-      proportional_limit: bound on the proportional term's size (> 0), so
+      proportional_limit: bound on the proportional and derivative terms' summed size (> 0), so
         a large error (a target set without a ramp) cannot make the
         multiplier explode in one step.
       max_log: bound on the integral ``|I|`` (anti-windup), > 0:
