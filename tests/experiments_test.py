@@ -100,13 +100,13 @@ def _import_from(*subdirs):
 
 @pytest.mark.e2e
 def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
-    """``experiments/glue_minilm.py`` end to end on a tiny checkpoint: runs, times, tables."""
+    """``experiments/glue_minilm.py`` end to end on a tiny checkpoint: runs, times, tables, accumulating rows."""
     _import_from("experiments")
     import glue_minilm
 
     root, folder = write_tiny_glue(tmp_path)
     results = tmp_path / "results"
-    args = [
+    common = [
         f"--workdir={tmp_path / 'runs'}",
         f"--data={root / 'glue'}",
         f"--tfds-dir={tmp_path / 'tfds'}",
@@ -114,32 +114,43 @@ def test_glue_script_runs_both_models_and_writes_the_table(tmp_path):
         f"--results={results}",
         "--tasks=sst2",
         "--train-subset=24",
-        "--variants=dense,svd,flop",
         "--batch-size=4",
         "--epochs=1",
         f"--seq-len={MAX_POS}",
         f"--speed-seq-len={MAX_POS}",
     ]
+    args = [*common, "--variants=dense,flop"]
     assert glue_minilm.main(args) == 0
-    rows = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
-    dense, svd, flop = rows["sst2_dense"], rows["sst2_svd"], rows["sst2_flop"]
-    rank, sparsity = glue_minilm.equal_size_rank(str(folder), 0.5)
-    assert svd["hard_sparsity"] == pytest.approx(sparsity) and sparsity >= 0.5
-    assert svd["encoder_params"] < dense["encoder_params"] and not svd["kept_ranks"]
+    first = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
+    dense, flop = first["sst2_dense"], first["sst2_flop"]
     assert flop["dev_reduced"]["reduced_valid_accuracy"] == pytest.approx(flop["dev"]["valid_accuracy"])
     assert flop["encoder_params"] <= dense["encoder_params"] and dense["encoder_ratio"] == 1.0
     assert set(flop["kept_ranks"]) == {f"layer_{i}/{p}" for i in range(2) for p in glue_minilm.PROJECTIONS}
     assert dense["speedup_vs_dense"] == 1.0 and flop["flop_ratio_vs_dense"] >= 1.0
+    assert "--variants=dense,flop" in flop["made_by"]["command"] and flop["made_by"]["device"].startswith("cpu")
+    # A later command with another variant adds its row, timed against the pretrained dense classifier (the
+    # dense run is not part of it); the earlier rows stay as they were.
+    assert glue_minilm.main([*common, "--variants=svd"]) == 0
+    rows = json.loads((results / "glue_minilm.json").read_text())["rows"]
+    assert [r["run"] for r in rows] == ["sst2_dense", "sst2_svd", "sst2_flop"]
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["sst2_dense"] == dense and by_run["sst2_flop"] == flop
+    svd = by_run["sst2_svd"]
+    rank, sparsity = glue_minilm.equal_size_rank(str(folder), 0.5)
+    assert svd["hard_sparsity"] == pytest.approx(sparsity) and sparsity >= 0.5 and not svd["kept_ranks"]
+    assert svd["encoder_ratio"] == pytest.approx(svd["encoder_params"] / dense["encoder_params"])
+    assert svd["encoder_ratio"] < 1 and svd["flop_ratio_vs_dense"] > 1 and svd["speedup_vs_dense"] > 0
+    assert "--variants=svd" in svd["made_by"]["command"]
     table = (results / "glue_minilm.md").read_text()
     assert "| sst2_svd |" in table and f"top {rank} singular" in table
-    assert "| sst2_flop |" in table and "| layer_1 |" in table and "--tasks=sst2" in table
-    # Rerunning the command reuses the finished runs (not even finalized again) and rebuilds the table.
-    variants = ("dense", "svd", "flop")
-    stamps = {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in variants}
+    assert "| sst2_flop |" in table and "| layer_1 |" in table
+    assert table.count("--variants=dense,flop") == 1 and table.count("--variants=svd") == 1  # one line per command
+    # Rerunning a command reuses the finished runs (not even finalized again) and rebuilds the table.
+    stamps = {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in ("dense", "flop")}
     assert glue_minilm.main(args) == 0
-    assert stamps == {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in variants}
+    assert stamps == {v: (tmp_path / "runs" / f"sst2_{v}" / "summary.json").stat().st_mtime_ns for v in stamps}
     again = {r["run"]: r for r in json.loads((results / "glue_minilm.json").read_text())["rows"]}
-    assert again["sst2_flop"]["dev"] == flop["dev"] and again["sst2_svd"]["kept_ranks"] == svd["kept_ranks"]
+    assert again["sst2_flop"]["dev"] == flop["dev"] and again["sst2_svd"] == svd
 
 
 def test_glue_script_refuses_bad_flags_in_one_line(tmp_path, capsys):
@@ -159,6 +170,12 @@ def test_glue_script_refuses_bad_flags_in_one_line(tmp_path, capsys):
         assert words in err and err.count("\n") == 1, err
     assert glue_minilm.main([f"--workdir={tmp_path}", f"--data={tmp_path / 'nowhere'}"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "glue_minilm.json").write_text('{"rows": [{"name": "x"}]}')  # not this script's rows
+    assert glue_minilm.main([*base, "--tasks=sst2", f"--results={results}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a glue_minilm results file" in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
