@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import pathlib
 from typing import Any
 
+import ml_collections
 import numpy as np
 import optax
 
@@ -15,8 +17,9 @@ from flaxprune.lagrangian import noam_schedule
 from flaxprune.methods import AGP_METHODS, METHODS
 from flaxprune.plan import Plan
 from flaxprune.size import BASES
-from flaxprune.training.distill import check_distill
 from flaxprune.sparsity_control import SparsityController
+from flaxprune.training.distill import check_distill
+from flaxprune.training.prune_method import uses_lagrangian
 
 __all__ = [
     "SCHEDULES",
@@ -30,6 +33,7 @@ __all__ = [
     "prune_constraint",
     "sparsity_basis",
     "validate",
+    "with_resolved_defaults",
 ]
 
 SCHEDULES = ("constant", "noam", "linear_warmup", "cosine", "linear")
@@ -206,6 +210,28 @@ def multiplier_control(optim: Any) -> tuple[str, Any]:
         return update, SparsityController(**fields)
     except ValueError as e:
         raise ValueError(f"config.optim.multiplier: {e}") from None
+
+
+def with_resolved_defaults(config: Any) -> Any:
+    """A copy of ``config`` with the defaults of :class:`flaxprune.SparsityController` it relies on written out.
+
+    A pruned run under PI control takes every controller field that
+    ``config.optim.multiplier`` leaves unset from the library; written into
+    the run's ``config.json`` they say what ran, so a run made under other
+    defaults (an older flaxprune) is not taken for one of this config
+    (:func:`flaxprune.training.finished_summary`), and a resume under
+    changed defaults is refused like any other config change. Other configs
+    are returned as they are.
+    """
+    if not uses_lagrangian(config):
+        return config
+    update, control = multiplier_control(config.optim)
+    if update != "pi":
+        return config
+    resolved = copy.deepcopy(config)
+    with resolved.unlocked():
+        resolved.optim.multiplier = ml_collections.ConfigDict(dataclasses.asdict(control))
+    return resolved
 
 
 def method_fields(config: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from flaxprune.training.config import (
     multiplier_control,
     sparsity_basis,
     validate,
+    with_resolved_defaults,
 )
 from flaxprune.training.distill import check_teacher_record, prepare_distillation
 from flaxprune.training.prune_method import (
@@ -110,6 +111,7 @@ def prepare(config: Any, workdir: str | pathlib.Path, *, allow_config_change: bo
         changed config on a resume.
     """
     validate(config)
+    config = with_resolved_defaults(config)  # config.json says which controller ran
     workdir = pathlib.Path(workdir)
     check_workdir(workdir)
     sharding.initialize_distributed()

@@ -19,13 +19,14 @@ from flaxprune.models import model_for
 from flaxprune.size import format_report, gate_groups, hard_sparsity, report, total_params
 from flaxprune.surgery import shrink
 from flaxprune.training import sharding
-from flaxprune.training.run_dir import RunFiles
 from flaxprune.training.checkpoint import (
     check_output,
     load_reduced,
     read_latest,
     save_reduced,
 )
+from flaxprune.training.config import with_resolved_defaults
+from flaxprune.training.run_dir import RunFiles
 from flaxprune.training.state_compaction import train_model_config
 from flaxprune.training.task import build_task
 
@@ -36,13 +37,15 @@ def finished_summary(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     """The summary of a finished run of exactly ``config`` in ``workdir``; None: train (or resume) it.
 
     Finished: ``summary.json`` says ``done`` at ``config.train.steps`` and the
-    run's stored config equals ``config``. What an experiment script checks
+    run's stored config equals ``config`` (with the controller defaults it ran
+    under written out: :func:`~flaxprune.training.config.with_resolved_defaults`). What an experiment script checks
     before it trains, so rerunning its command reuses the runs it finished.
     """
     files = RunFiles(workdir)
     if not (files.summary.is_file() and files.config.is_file()):
         return None
-    if json.loads(files.config.read_text(encoding="utf-8")) != json.loads(config.to_json_best_effort()):
+    resolved = with_resolved_defaults(config)  # as the run wrote it
+    if json.loads(files.config.read_text(encoding="utf-8")) != json.loads(resolved.to_json_best_effort()):
         return None
     done = json.loads(files.summary.read_text(encoding="utf-8"))
     return done if done.get("status") == "done" and done.get("step") == config.train.steps else None

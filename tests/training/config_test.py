@@ -80,3 +80,46 @@ def test_gate_fields_are_finite_and_checked_up_front(field, value, match):
     config.prune.gate[field] = value
     with pytest.raises(ValueError, match=match):
         validate(config)
+
+
+def test_resolved_defaults_write_out_every_controller_field():
+    import dataclasses
+    import json
+
+    from flaxprune import SparsityController
+    from flaxprune.training.config import with_resolved_defaults
+
+    c = tiny_lm_config()
+    c.optim.multiplier = {"derivative_gain": 1000.0}
+    before = c.to_json_best_effort()
+    resolved = with_resolved_defaults(c)
+    want = dataclasses.asdict(SparsityController(derivative_gain=1000.0))
+    assert resolved.optim.multiplier.to_dict() == want and want["integral_gain"] == SparsityController().integral_gain
+    assert c.to_json_best_effort() == before  # the argument is not changed
+    assert {k: v for k, v in json.loads(resolved.to_json_best_effort()).items() if k != "optim"} == {
+        k: v for k, v in json.loads(before).items() if k != "optim"
+    }
+    assert with_resolved_defaults(resolved).to_json_best_effort() == resolved.to_json_best_effort()  # idempotent
+    dense = tiny_lm_config(**{"prune.enabled": False})
+    assert with_resolved_defaults(dense) is dense  # no multipliers: nothing to resolve
+    adam = tiny_lm_config(**{"optim.multiplier_update": "adam", "optim.lambda_learning_rate": 0.01})
+    assert with_resolved_defaults(adam) is adam  # FLOP's ascent: its rate is in the config already
+
+
+def test_a_finished_run_under_other_controller_defaults_is_not_reused(tmp_path):
+    import json
+
+    from flaxprune.training import finished_summary
+    from flaxprune.training.config import with_resolved_defaults
+
+    c = tiny_lm_config()
+    summary = {"status": "done", "step": c.train.steps}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "config.json").write_text(with_resolved_defaults(c).to_json_best_effort())  # as a run writes it
+    assert finished_summary(c, tmp_path) == summary
+    (tmp_path / "config.json").write_text(c.to_json_best_effort())  # an older run: the controller unrecorded
+    assert finished_summary(c, tmp_path) is None
+    stored = json.loads(with_resolved_defaults(c).to_json_best_effort())
+    stored["optim"]["multiplier"]["integral_gain"] *= 2  # made under another default
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert finished_summary(c, tmp_path) is None
