@@ -210,7 +210,8 @@ def provenance(command: str) -> dict[str, str | None]:
     except (OSError, subprocess.SubprocessError):
         commit = None
     device = jax.devices()[0]
-    return {"command": command, "commit": commit, "device": f"{device.platform} ({device.device_kind})",
+    kind = device.platform if device.device_kind == device.platform else f"{device.platform} ({device.device_kind})"
+    return {"command": command, "commit": commit, "device": kind,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
