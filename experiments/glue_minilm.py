@@ -228,13 +228,6 @@ def dense_reference(task: str, args, n_train: int) -> tuple[object, object]:
     return glue.model, jax.device_get(glue.initial_params(glue.init_params(jax.random.key(0))))
 
 
-def forward_call(model, params, inputs: tuple):
-    """A callable of no arguments: the jitted deterministic forward pass of ``model`` on ``inputs``."""
-    fn = jax.jit(lambda p, args: model.apply({"params": p}, *args, deterministic=True))
-    params = jax.device_put(params)
-    return lambda: fn(params, inputs)
-
-
 def main(argv=None) -> int:
     keep_freed_memory()  # before the first computation: see flaxprune.host_memory
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,7 +256,7 @@ def main(argv=None) -> int:
 
     from flaxprune.benchmark_timing import time_interleaved
     from flaxprune.size import report
-    from flaxprune.training import RunFiles, finished_summary, load_reduced, load_run, train
+    from flaxprune.training import RunFiles, finished_summary, forward_call, load_reduced, load_run, train
 
     workdir = pathlib.Path(args.workdir)
     svd_rank, svd_sparsity = equal_size_rank(args.checkpoint, args.target)  # reads config.json once
@@ -306,20 +299,21 @@ def main(argv=None) -> int:
     vocab = min(np.shape(p["bert"]["embeddings"]["word_embeddings"]["embedding"])[0] for _, p in models.values())
     tokens = np.random.default_rng(0).integers(0, vocab, (args.batch_size, args.speed_seq_len)).astype(np.int32)
     inputs = (tokens, np.zeros_like(tokens), np.ones_like(tokens))
-    calls = {name: forward_call(m, p, inputs) for name, (m, p) in models.items()}
+    calls = {name: forward_call(m, jax.device_put(p), inputs) for name, (m, p) in models.items()}
     for t in tasks:
         if f"{t}_dense" not in models:
-            calls[f"{t} (dense reference)"] = forward_call(*references[t], inputs)
+            calls[f"{t} (dense reference)"] = forward_call(references[t][0], jax.device_put(references[t][1]), inputs)
     timed = {name: float(np.median(t["samples"])) for name, t in time_interleaved(calls, repeats=10).items()}
     command = command_line("glue_minilm.py", argv)
     made_by = provenance(command)
+    dense = {}  # task: (encoder params, projection multiply-adds per token, seconds per batch) of its reference
+    for t, (model, params) in references.items():
+        flops = sum(r.flops_per_token for r in report(params, model.config) if "/encoder/" in r.path)
+        seconds = timed[f"{t}_dense" if f"{t}_dense" in models else f"{t} (dense reference)"]
+        dense[t] = (encoder_params(params), flops, seconds)
     for row in rows:
-        task = row["task"]
-        _, dense_params = references[task]
-        dense_time = timed[f"{task}_dense" if f"{task}_dense" in models else f"{task} (dense reference)"]
-        dense_flops = sum(r.flops_per_token for r in report(dense_params, references[task][0].config)
-                          if "/encoder/" in r.path)
-        row["encoder_ratio"] = row["encoder_params"] / encoder_params(dense_params)
+        dense_params, dense_flops, dense_time = dense[row["task"]]
+        row["encoder_ratio"] = row["encoder_params"] / dense_params
         row["flop_ratio_vs_dense"] = dense_flops / row["projection_flops_per_token"]
         row["ms_per_batch"] = timed[row["run"]] * 1e3
         row["speedup_vs_dense"] = dense_time / timed[row["run"]]

@@ -37,7 +37,7 @@ _LAZY = {  # submodule -> the names it gives, imported on first use
     "steps": ["make_train_step"],
     "checkpoint": ["CheckpointStore", "DamagedCheckpointError", "load_reduced", "save_reduced"],
     "run_dir": ["RunFiles", "RunLock", "WorkdirInUseError"],
-    "finalize": ["time_forward"],
+    "finalize": ["forward_call", "time_forward"],
     "runs": ["evaluate_run", "finished_summary", "load_run", "report_checkpoint", "shrink_run"],
     "config": ["learning_rate_schedule", "load_config_file", "validate"],
     "init_from": ["load_initial_params"],

@@ -16,17 +16,23 @@ from flaxprune.training.checkpoint import load_reduced, save_reduced
 from flaxprune.training.prune_method import method_of
 from flaxprune.training.run_dir import RunFiles
 
-__all__ = ["finalize", "time_forward"]
+__all__ = ["finalize", "forward_call", "time_forward"]
+
+
+def forward_call(model: Any, params: Any, inputs: tuple) -> Callable[[], Any]:
+    """A callable of no arguments: the jitted deterministic forward pass ``model.apply(params, *inputs)``."""
+    fn = jax.jit(lambda p, args: model.apply({"params": p}, *args, deterministic=True))
+    return lambda: fn(params, inputs)
 
 
 def time_forward(model: Any, params: Any, inputs: tuple, repeats: int = 10) -> float:
     """Median seconds of one jitted deterministic forward pass ``model.apply(params, *inputs)``."""
-    fn = jax.jit(lambda p, args: model.apply({"params": p}, *args, deterministic=True))
-    jax.block_until_ready(fn(params, inputs))
+    call = forward_call(model, params, inputs)
+    jax.block_until_ready(call())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, inputs))
+        jax.block_until_ready(call())
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
