@@ -170,3 +170,16 @@ def test_the_derivative_term_keeps_a_fast_ramp_from_overshooting(target):
     assert abs(hard[-1] - target) <= 0.01, hard[-1]
     after_ramp = slice(230, None)
     assert max(expected[after_ramp].max(), hard[after_ramp].max()) <= target + 0.02
+
+
+def test_defaults_let_a_wound_up_integral_go_within_a_few_steps_of_passing_the_target():
+    # A ramp that needed |lambda_1| ~ 30 leaves I ~ asinh(30) ~ 4.1. Past the target by 0.01 the default unwind
+    # gain (30) takes 0.3 off per step: 4.1 / 0.3 -> 14 steps to 0, where it stops (not 137 as at gain 3).
+    from flaxprune.sparsity_control import next_integral
+
+    settings = fp.SparsityController()
+    integral, steps = jnp.asarray(math.asinh(30.0), jnp.float32), 0
+    while float(integral) > 0:
+        integral, steps = next_integral(integral, jnp.asarray(-0.01), settings), steps + 1
+    assert steps == math.ceil(math.asinh(30.0) / (30 * 0.01)) == 14 and float(integral) == 0.0
+    assert float(next_integral(integral, jnp.asarray(-0.01), settings)) == pytest.approx(-0.003)  # then integral_gain
