@@ -215,17 +215,20 @@ def provenance(command: str) -> dict[str, str | None]:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
-def dense_reference(task: str, args, n_train: int) -> tuple[object, object]:
+def dense_reference(task: str, checkpoint: str) -> tuple[object, object]:
     """The task's dense classifier at its starting (pretrained) weights: the size and speed reference.
 
     A finished dense run has exactly these shapes and work, so runs of an
-    invocation without the task's dense run are compared with this.
+    invocation without the task's dense run are compared with this. Built
+    from the checkpoint alone (the task gives only the number of labels):
+    the task's data is not read.
     """
-    from flaxprune.training import sharding
-    from flaxprune.training.glue_task import build_glue_task
+    from flaxprune.data.glue import get_task
+    from flaxprune.models.bert import BertClassifier
+    from flaxprune.models.bert_checkpoint import load_hf_bert, minilm_path, with_classifier
 
-    glue = build_glue_task(config_for(task, "dense", args, n_train), sharding.make_mesh(None))
-    return glue.model, jax.device_get(glue.initial_params(glue.init_params(jax.random.key(0))))
+    config, encoder = load_hf_bert(checkpoint or minilm_path(), num_labels=get_task(task).num_labels)
+    return BertClassifier(config), with_classifier(encoder, config, jax.random.key(0))
 
 
 def main(argv=None) -> int:
@@ -293,7 +296,7 @@ def main(argv=None) -> int:
             )
     # Each task's dense model (its run, or the pretrained classifier of the same shapes) is the reference.
     references = {
-        t: models.get(f"{t}_dense") or dense_reference(t, args, train_size(args.data, t)) for t in tasks
+        t: models.get(f"{t}_dense") or dense_reference(t, args.checkpoint) for t in tasks
     }
     # Side by side: every model and each reference timed interleaved in this process, on the same batch.
     vocab = min(np.shape(p["bert"]["embeddings"]["word_embeddings"]["embedding"])[0] for _, p in models.values())
