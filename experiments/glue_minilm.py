@@ -302,18 +302,16 @@ def main(argv=None) -> int:
     vocab = min(np.shape(p["bert"]["embeddings"]["word_embeddings"]["embedding"])[0] for _, p in models.values())
     tokens = np.random.default_rng(0).integers(0, vocab, (args.batch_size, args.speed_seq_len)).astype(np.int32)
     inputs = (tokens, np.zeros_like(tokens), np.ones_like(tokens))
-    calls = {name: forward_call(m, jax.device_put(p), inputs) for name, (m, p) in models.items()}
-    for t in tasks:
-        if f"{t}_dense" not in models:
-            calls[f"{t} (dense reference)"] = forward_call(references[t][0], jax.device_put(references[t][1]), inputs)
+    reference_name = {t: f"{t}_dense" if f"{t}_dense" in models else f"{t} (dense reference)" for t in tasks}
+    timed_models = {**models, **{reference_name[t]: references[t] for t in tasks}}
+    calls = {name: forward_call(m, jax.device_put(p), inputs) for name, (m, p) in timed_models.items()}
     timed = {name: float(np.median(t["samples"])) for name, t in time_interleaved(calls, repeats=10).items()}
     command = command_line("glue_minilm.py", argv)
     made_by = provenance(command)
     dense = {}  # task: (encoder params, projection multiply-adds per token, seconds per batch) of its reference
     for t, (model, params) in references.items():
         flops = sum(r.flops_per_token for r in report(params, model.config) if "/encoder/" in r.path)
-        seconds = timed[f"{t}_dense" if f"{t}_dense" in models else f"{t} (dense reference)"]
-        dense[t] = (encoder_params(params), flops, seconds)
+        dense[t] = (encoder_params(params), flops, timed[reference_name[t]])
     for row in rows:
         dense_params, dense_flops, dense_time = dense[row["task"]]
         row["encoder_ratio"] = row["encoder_params"] / dense_params
